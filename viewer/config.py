@@ -1,0 +1,191 @@
+"""The viewer's settings: one model, read from flags > CRACK_VIEWER_* env > TOML file > defaults.
+
+Shared settings sit at the top level (``connect``, ``subscribe``...); each command has its own
+section (``[watch]``, ``[record]``, ``[replay]``, ``[relay]``), and its env names follow the
+section path: ``CRACK_VIEWER_WATCH__TILE_WIDTH=800``.  Unknown keys fail at start-up, naming
+the key and where it came from.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from edge.wire import Defaults
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "CRACK_VIEWER_"
+_ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message names the key and its source."""
+
+
+def _split_list(value: Any) -> Any:
+    # Env and flags give "a,b" or "a b"; TOML gives a real list.
+    if isinstance(value, str):
+        return [v for v in re.split(r"[,\s]+", value.strip()) if v]
+    return value
+
+
+def _check_endpoint(value: str) -> str:
+    if not _ENDPOINT.match(value):
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint (e.g. tcp://127.0.0.1:5555)")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class WatchConfig(_Section):
+    headless: bool = Field(False, description="Render to files under `out` instead of a window")
+    out: Path | None = Field(None, description="Headless output folder (PNG per frame, or viewer.mp4)")
+    format: Literal["png", "mp4"] = Field("png", description="Headless output: one PNG per frame, or one MP4")
+    count: int | None = Field(None, ge=1, description="Stop after this many rendered frames (mask messages)")
+    duration: float | None = Field(None, gt=0, description="Stop after this many seconds")
+    refresh_hz: float = Field(30.0, gt=0, le=240, description="Window repaint and key-poll rate")
+    tile_width: int = Field(640, ge=160, le=4096, description="Width in pixels of each vehicle's tile")
+    columns: int | None = Field(None, ge=1, le=16, description="Tiles per row (default: a near-square grid)")
+    snapshot_dir: Path = Field(Path("."), description="Folder where the `s` key saves snapshots")
+    title: str = Field("crack-viewer", description="Window title")
+    mp4_fps: float = Field(10.0, gt=0, le=120, description="Frame rate written into a headless MP4")
+
+
+class RecordConfig(_Section):
+    out: Path | None = Field(None, description="Recording folder (rotated files <prefix>-NNNNNN.crec)")
+    prefix: str = Field("rec", min_length=1, description="File name prefix of the recording's files")
+    count: int | None = Field(None, ge=1, description="Stop after this many messages (any kind)")
+    duration: float | None = Field(None, gt=0, description="Stop after this many seconds")
+    max_file_mb: float = Field(64.0, gt=0, description="Start a new file past this size (MiB)")
+    max_total_mb: float = Field(1024.0, gt=0, description="Delete the oldest files past this total (MiB)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "RecordConfig":
+        if self.max_total_mb < self.max_file_mb:
+            raise ValueError(f"max_total_mb={self.max_total_mb} is smaller than max_file_mb={self.max_file_mb}")
+        return self
+
+
+class ReplayConfig(_Section):
+    file: Path | None = Field(None, description="Recording to publish: one .crec file or a recording folder")
+    bind: str = Field(Defaults.ENDPOINT, description="Endpoint the replay's PUB socket binds")
+    speed: float = Field(1.0, gt=0, le=1000, description="Time factor: 2 plays twice as fast")
+    loop: bool = Field(False, description="Start again at the end, until stopped")
+    wait_subscriber_s: float = Field(5.0, ge=0, description="Wait this long for a first subscriber before sending")
+    sndhwm: int = Field(10000, ge=1, description="Messages queued per subscriber (a replay should not drop)")
+
+    _bind = field_validator("bind")(_check_endpoint)
+
+
+class RelayConfig(_Section):
+    bind: str = Field("tcp://127.0.0.1:5556", description="Endpoint the relay's XPUB binds for viewers")
+
+    _bind = field_validator("bind")(_check_endpoint)
+
+
+class ViewerConfig(BaseSettings):
+    """Everything `crack-viewer` reads; validated once at start-up and passed down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
+    )
+
+    config: Path | None = Field(None, description="TOML file read before env and flags")
+    connect: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [Defaults.ENDPOINT], min_length=1,
+        description="Daemon (or relay) endpoints to subscribe to")
+    subscribe: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [""], description="Topic prefixes to subscribe to ('' for all, e.g. mask/truck-7)")
+    rcvhwm: int = Field(Defaults.RCVHWM, ge=1, description="Messages queued per connection before dropping")
+    stale_after_s: float = Field(Defaults.STALE_AFTER_S, gt=0, description="Silence after which a vehicle is stale")
+    loop: Literal["auto", "asyncio", "uvloop"] = Field("auto", description="Event loop; auto picks uvloop if installed")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging threshold")
+    watch: WatchConfig = Field(default_factory=WatchConfig, description="`crack-viewer watch` settings")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="`crack-viewer record` settings")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="`crack-viewer replay` settings")
+    relay: RelayConfig = Field(default_factory=RelayConfig, description="`crack-viewer relay` settings")
+
+    _split = field_validator("connect", "subscribe", mode="before")(_split_list)
+
+    @field_validator("connect")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        return [_check_endpoint(v) for v in value]
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = init_settings.init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)),)
+        return sources
+
+    def require(self, command: str) -> None:
+        """Check what `command` needs beyond the types; ConfigError names the missing key."""
+        if command == "watch" and self.watch.headless and self.watch.out is None:
+            raise ConfigError("watch.out: --headless needs --out DIR")
+        if command == "record" and self.record.out is None:
+            raise ConfigError("record.out: record needs --out DIR")
+        if command == "replay" and self.replay.file is None:
+            raise ConfigError("replay.file: replay needs a recording FILE or folder")
+
+
+def _env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names = set()
+    for name, field in model.model_fields.items():
+        names.add(prefix + name.upper())
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names |= _env_names(ann, prefix + name.upper() + "__")
+    return names
+
+
+def load_config(flags: dict[str, Any] | None = None) -> ViewerConfig:
+    """Build and validate the settings; ``flags`` is a nested dict of the options given (None = unset)."""
+    environ = os.environ
+    known = _env_names(ViewerConfig, ENV_PREFIX)
+    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
+    if unknown:
+        raise ConfigError(f"env {unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
+    init = _drop_none(flags or {})
+    toml = init.get("config") or environ.get(f"{ENV_PREFIX}CONFIG")
+    if toml:
+        path = Path(toml)
+        try:
+            tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config {path}: file not found") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config {path}: {e}") from None
+    try:
+        return ViewerConfig(**init)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        where = f" (TOML {toml}, env {ENV_PREFIX}* or flags)" if toml else f" (env {ENV_PREFIX}* or flags)"
+        raise ConfigError(f"{loc}: {first['msg']}{where}") from None
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            v = _drop_none(v)
+            if not v:
+                continue
+        if v is not None:
+            out[k] = v
+    return out

@@ -1,0 +1,106 @@
+"""`crack-viewer record`: every message, verbatim, with its receive time, into a rotated recording.
+
+Nothing is decoded before writing (a replay must give back the bytes received, bad ones too);
+the decoder only counts what kinds went by for the summary line.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import zmq.asyncio
+
+from edge.recording import RecordingDiskFull, RecordingError, RecordingWriter
+from edge.wire import MASK_PREFIX, STATUS_PREFIX
+from viewer.config import ViewerConfig
+from viewer.subscriber import Subscriber
+
+log = logging.getLogger(__name__)
+
+EXIT_IOERR = 74
+
+
+class RecordApp:
+    def __init__(self, cfg: ViewerConfig) -> None:
+        self.cfg = cfg
+        self.rcfg = cfg.record
+        self.should_exit = False
+        self.exit_code = 0
+        self.masks = 0
+        self.statuses = 0
+        self.other = 0
+
+    async def serve(self) -> int:
+        self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    def startup(self) -> None:
+        assert self.rcfg.out is not None
+        self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
+                                      int(self.rcfg.max_total_mb * 2**20))
+        self.ctx = zmq.asyncio.Context()
+        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop)
+        self.t0 = time.monotonic()
+        self.receiver = asyncio.ensure_future(self.sub.run(self.on_frames))
+        log.info("event=record_started out=%s endpoints=%s", self.rcfg.out, ",".join(self.cfg.connect))
+
+    async def main_loop(self) -> None:
+        while not self.should_exit:
+            await asyncio.sleep(0.05)
+            if self.rcfg.duration is not None and time.monotonic() - self.t0 >= self.rcfg.duration:
+                self.should_exit = True
+            if self.receiver.done():
+                exc = None if self.receiver.cancelled() else self.receiver.exception()
+                if isinstance(exc, RecordingDiskFull):
+                    log.error("event=record_disk_full out=%s error=%s", self.rcfg.out, exc)
+                    self.exit_code = EXIT_IOERR
+                elif isinstance(exc, RecordingError):
+                    log.error("event=record_failed out=%s error=%s", self.rcfg.out, exc)
+                    self.exit_code = EXIT_IOERR
+                elif exc is not None:
+                    log.error("event=receiver_stopped error=%r", exc)
+                    self.exit_code = 1
+                self.should_exit = True
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        self.receiver.cancel()
+        try:
+            await self.receiver
+        except asyncio.CancelledError:
+            pass
+        except Exception:  # noqa: BLE001 - its error was reported by main_loop
+            pass
+        self.writer.close()
+        self.sub.close()
+        self.ctx.term()
+        log.info("event=record_summary out=%s messages=%d masks=%d statuses=%d other=%d bytes=%d",
+                 self.rcfg.out, self.writer.records, self.masks, self.statuses, self.other, self.writer.bytes_written)
+
+    def _stop(self) -> None:
+        self.should_exit = True
+
+    def on_frames(self, frames: list[bytes], t_wall: float) -> None:
+        if self.should_exit:
+            return
+        self.writer.write(frames, t_wall)  # RecordingError ends the receiver; main_loop reports it
+        topic = bytes(frames[0][:16]) if frames else b""
+        if topic.startswith(MASK_PREFIX.encode()):
+            self.masks += 1
+        elif topic.startswith(STATUS_PREFIX.encode()):
+            self.statuses += 1
+        else:
+            self.other += 1
+        if self.rcfg.count is not None and self.writer.records >= self.rcfg.count:
+            self.should_exit = True

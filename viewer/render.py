@@ -1,0 +1,140 @@
+"""Drawing, and nothing else: vehicle views in, one BGR image out (pure functions, no windows).
+
+Each vehicle gets a tile: a text band on top (figures), then its camera frame with the mask
+painted over it in :data:`OVERLAY_BGR`, or the mask alone on black when the daemon sends no
+frame.  A stale vehicle's tile is dimmed and its band turns :data:`STALE_BAND_BGR`.  Tiles are
+laid out on a grid; a footer carries fleet-wide figures.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from viewer.state import VehicleView
+
+OVERLAY_BGR = (0, 0, 255)          # crack pixels: red
+OVERLAY_ALPHA = 0.55
+BAND_BGR = (40, 40, 40)            # text band of a live vehicle
+STALE_BAND_BGR = (0, 140, 255)     # text band of a stale vehicle: orange
+FOOTER_BGR = (20, 20, 20)
+TEXT_BGR = (255, 255, 255)
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+LINE_H = 24
+BAND_LINES = 3
+BAND_H = LINE_H * BAND_LINES + 8
+FOOTER_H = LINE_H + 6
+GAP = 4
+
+
+def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """``frame`` (BGR) with the pixels where ``mask`` > 0 blended toward OVERLAY_BGR."""
+    if mask.shape[:2] != frame.shape[:2]:
+        mask = cv2.resize(mask, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_NEAREST)
+    out = frame.copy()
+    hit = mask > 0
+    out[hit] = (frame[hit] * (1.0 - alpha) + np.array(OVERLAY_BGR, np.float32) * alpha).astype(np.uint8)
+    return out
+
+
+def mask_alone(mask: np.ndarray) -> np.ndarray:
+    out = np.zeros((*mask.shape[:2], 3), np.uint8)
+    out[mask > 0] = OVERLAY_BGR
+    return out
+
+
+def decode_jpeg(data: bytes | None) -> np.ndarray | None:
+    if not data:
+        return None
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def vehicle_image(view: VehicleView) -> tuple[np.ndarray | None, str]:
+    """The picture of one vehicle and a note on what it is (``frame``, ``mask only``...)."""
+    frame = decode_jpeg(view.frame_jpeg)
+    if view.mask is None:
+        return frame, "no mask yet" if frame is None else "frame"
+    if frame is not None:
+        return overlay(frame, view.mask), "frame+mask"
+    note = "mask only (bad frame JPEG)" if view.frame_jpeg else "mask only"
+    return mask_alone(view.mask), note
+
+
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def text_lines(view: VehicleView, note: str = "") -> list[str]:
+    state = f"STALE {view.silent_s:.0f}s" if view.stale else "live"
+    ratio = None if view.crack_ratio is None else view.crack_ratio * 100
+    return [
+        f"{view.vehicle_id}  {state}  seq {view.seq}  run {view.run_id[:8]}  {note}",
+        f"fps {view.fps:.1f}  latency pub {_fmt(view.latency_publish_ms, '.0f', 'ms')}"
+        f"  cap {_fmt(view.latency_capture_ms, '.0f', 'ms')}  infer {_fmt(view.infer_ms, '.0f', 'ms')}",
+        f"crack {_fmt(ratio, '.2f', '%')}  len {_fmt(view.crack_length_px, '.0f', 'px')}"
+        f"  width {_fmt(view.crack_max_width_px, '.1f', 'px')}  drops {view.drops}  restarts {view.restarts}",
+    ]
+
+
+def _put_lines(img: np.ndarray, lines: Sequence[str], top: int, width: int) -> None:
+    scale = 0.6
+    widest = max(cv2.getTextSize(t, FONT, scale, 1)[0][0] for t in lines)
+    if widest > width - 12:
+        scale *= (width - 12) / widest
+    for i, text in enumerate(lines):
+        y = top + (i + 1) * LINE_H - 6
+        cv2.putText(img, text, (6, y), FONT, scale, TEXT_BGR, 1, cv2.LINE_AA)
+
+
+def render_tile(view: VehicleView, width: int) -> np.ndarray:
+    """One vehicle: text band, then its picture scaled to ``width``."""
+    pic, note = vehicle_image(view)
+    if pic is None:
+        pic = np.zeros((width * 3 // 4, width, 3), np.uint8)
+    h = max(1, round(pic.shape[0] * width / pic.shape[1]))
+    interp = cv2.INTER_NEAREST if view.frame_jpeg is None else cv2.INTER_LINEAR
+    pic = cv2.resize(pic, (width, h), interpolation=interp)
+    if view.stale:
+        pic = (pic * 0.35).astype(np.uint8)
+        cv2.putText(pic, "STALE", (width // 2 - 70, h // 2 + 15), FONT, 1.4, STALE_BAND_BGR, 3, cv2.LINE_AA)
+    tile = np.empty((BAND_H + h, width, 3), np.uint8)
+    tile[:BAND_H] = STALE_BAND_BGR if view.stale else BAND_BGR
+    tile[BAND_H:] = pic
+    _put_lines(tile, text_lines(view, note), 2, width)
+    return tile
+
+
+def grid_columns(n: int, columns: int | None = None) -> int:
+    return max(1, min(n, columns or math.ceil(math.sqrt(n))))
+
+
+def render_fleet(views: Sequence[VehicleView], tile_width: int = 640, columns: int | None = None,
+                 footer: str = "") -> np.ndarray:
+    """All vehicles on a grid (sorted as given) with a footer line; one vehicle is one tile."""
+    if not views:
+        return render_waiting(footer or "waiting for vehicles", tile_width)
+    tiles = [render_tile(v, tile_width) for v in views]
+    cols = grid_columns(len(tiles), columns)
+    rows = math.ceil(len(tiles) / cols)
+    row_h = [max(t.shape[0] for t in tiles[r * cols:(r + 1) * cols]) for r in range(rows)]
+    width = cols * tile_width + (cols - 1) * GAP
+    height = sum(row_h) + (rows - 1) * GAP + FOOTER_H
+    canvas = np.zeros((height, width, 3), np.uint8)
+    y = 0
+    for r in range(rows):
+        for c, tile in enumerate(tiles[r * cols:(r + 1) * cols]):
+            x = c * (tile_width + GAP)
+            canvas[y:y + tile.shape[0], x:x + tile_width] = tile
+        y += row_h[r] + GAP
+    canvas[height - FOOTER_H:] = FOOTER_BGR
+    if footer:
+        _put_lines(canvas, [footer], height - FOOTER_H, width)
+    return canvas
+
+
+def render_waiting(text: str, width: int = 640) -> np.ndarray:
+    img = np.full((width * 3 // 4, width, 3), FOOTER_BGR, np.uint8)
+    _put_lines(img, [text], img.shape[0] // 2 - LINE_H, width)
+    return img

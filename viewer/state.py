@@ -1,0 +1,159 @@
+"""What the viewer knows about each vehicle, updated message by message (no I/O, no drawing).
+
+Figures per vehicle: receive rate of masks (fps), end-to-end latency (``t_publish`` -> now and
+``t_capture`` -> now, wall clock), messages lost on the way (gaps in ``seq``), daemon restarts
+(a new ``run_id``), staleness (no message of any kind, heartbeats included, for
+``stale_after_s``), and the crack figures of the last mask.  ``views()`` hands the renderer an
+immutable snapshot.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edge import wire
+
+log = logging.getLogger(__name__)
+
+FPS_WINDOW_S = 2.0
+
+
+@dataclass(frozen=True)
+class VehicleView:
+    """Everything the renderer draws for one vehicle; plain values, safe to hand to another thread."""
+    vehicle_id: str
+    run_id: str
+    seq: int
+    masks: int
+    fps: float
+    latency_publish_ms: float | None
+    latency_capture_ms: float | None
+    infer_ms: float | None
+    drops: int
+    restarts: int
+    stale: bool
+    silent_s: float
+    crack_ratio: float | None
+    crack_length_px: float | None
+    crack_max_width_px: float | None
+    crack_count: int | None
+    mask: np.ndarray | None = field(repr=False, default=None)
+    frame_jpeg: bytes | None = field(repr=False, default=None)
+    backend: str | None = None
+    source_state: str | None = None
+
+
+@dataclass
+class VehicleState:
+    vehicle_id: str
+    first_seen: float
+    last_seen: float
+    run_id: str = ""
+    seq: dict[str, int] = field(default_factory=dict)   # last seq per message kind
+    masks: int = 0
+    statuses: int = 0
+    drops: int = 0
+    restarts: int = 0
+    stale: bool = False
+    stale_events: int = 0
+    mask_header: dict[str, Any] | None = None
+    mask: np.ndarray | None = None
+    frame_jpeg: bytes | None = None
+    status: dict[str, Any] | None = None
+    latency_publish_s: float | None = None
+    latency_capture_s: float | None = None
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+
+    def fps(self, now: float) -> float:
+        recent = [t for t in self.arrivals if now - t <= FPS_WINDOW_S]
+        if len(recent) < 2 or self.stale:
+            return 0.0
+        span = recent[-1] - recent[0]
+        return (len(recent) - 1) / span if span > 0 else 0.0
+
+
+class FleetState:
+    """Per-vehicle state. ``now`` is monotonic seconds; ``t_wall`` the receive time (epoch)."""
+
+    def __init__(self, stale_after_s: float = wire.Defaults.STALE_AFTER_S) -> None:
+        self.stale_after_s = stale_after_s
+        self.vehicles: dict[str, VehicleState] = {}
+
+    def on_message(self, msg: wire.Message, t_wall: float, now: float) -> VehicleState:
+        h = msg.header
+        v = self.vehicles.get(msg.vehicle_id)
+        if v is None:
+            v = self.vehicles[msg.vehicle_id] = VehicleState(msg.vehicle_id, now, now, run_id=h["run_id"])
+            log.info("event=vehicle_new vehicle=%s run_id=%s", v.vehicle_id, v.run_id)
+        if v.stale:
+            v.stale = False
+            log.info("event=vehicle_resumed vehicle=%s silent_s=%.1f", v.vehicle_id, now - v.last_seen)
+        v.last_seen = now
+        if h["run_id"] != v.run_id:
+            self._restart(v, h["run_id"], "run_id")
+        self._track_seq(v, msg.kind, h["seq"])
+        if msg.kind == "mask":
+            v.masks += 1
+            v.arrivals.append(now)
+            v.mask_header, v.mask, v.frame_jpeg = h, msg.mask, msg.frame_jpeg
+            v.latency_publish_s = t_wall - h["t_publish"]
+            v.latency_capture_s = t_wall - h["t_capture"]
+        else:
+            v.statuses += 1
+            v.status = h
+        return v
+
+    def _restart(self, v: VehicleState, run_id: str, why: str) -> None:
+        v.restarts += 1
+        log.info("event=vehicle_restarted vehicle=%s old_run_id=%s run_id=%s why=%s", v.vehicle_id, v.run_id, run_id, why)
+        v.run_id = run_id
+        v.seq.clear()
+
+    def _track_seq(self, v: VehicleState, kind: str, seq: int) -> None:
+        last = v.seq.get(kind)
+        if last is not None:
+            if seq > last + 1:
+                v.drops += seq - last - 1
+                log.info("event=seq_gap vehicle=%s kind=%s lost=%d", v.vehicle_id, kind, seq - last - 1)
+            elif seq <= last:
+                # The same run starting over (a replay looping): a restart, not a negative drop.
+                self._restart(v, v.run_id, f"seq {kind} {last}->{seq}")
+        v.seq[kind] = seq
+
+    def tick(self, now: float) -> list[str]:
+        """Mark vehicles silent for ``stale_after_s`` as stale; returns those newly marked."""
+        newly = []
+        for v in self.vehicles.values():
+            if not v.stale and now - v.last_seen > self.stale_after_s:
+                v.stale = True
+                v.stale_events += 1
+                newly.append(v.vehicle_id)
+                log.warning("event=vehicle_stale vehicle=%s silent_s=%.1f", v.vehicle_id, now - v.last_seen)
+        return newly
+
+    def views(self, now: float) -> list[VehicleView]:
+        """Snapshots sorted by vehicle id, with stale flags brought up to date."""
+        self.tick(now)
+        out = []
+        for vid in sorted(self.vehicles):
+            v = self.vehicles[vid]
+            mh = v.mask_header or {}
+            status = v.status or {}
+            src = status.get("source") or {}
+            out.append(VehicleView(
+                vehicle_id=vid, run_id=v.run_id, seq=max(v.seq.values(), default=-1), masks=v.masks,
+                fps=v.fps(now),
+                latency_publish_ms=None if v.latency_publish_s is None else v.latency_publish_s * 1000,
+                latency_capture_ms=None if v.latency_capture_s is None else v.latency_capture_s * 1000,
+                infer_ms=mh.get("infer_ms"), drops=v.drops, restarts=v.restarts, stale=v.stale,
+                silent_s=max(0.0, now - v.last_seen),
+                crack_ratio=mh.get("crack_ratio"), crack_length_px=mh.get("crack_length_px"),
+                crack_max_width_px=mh.get("crack_max_width_px"), crack_count=mh.get("crack_count"),
+                mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
+                source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
+            ))
+        return out

@@ -1,0 +1,186 @@
+"""`crack-viewer watch`: subscribe, keep per-vehicle state, draw to a window or to files.
+
+``serve()`` is ``startup()``, ``main_loop()``, ``shutdown()``.  Receiving runs as one task that
+only decodes and updates state (and, headless, writes one image per mask message); one tick
+owns everything periodic: staleness, repainting the window, keys, the stop conditions and the
+stats line.  Signals only set flags.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import zmq.asyncio
+
+from viewer.config import ViewerConfig
+from viewer.headless import HeadlessSink
+from viewer.render import render_fleet
+from viewer.state import FleetState
+from viewer.subscriber import Decoder, Subscriber
+
+log = logging.getLogger(__name__)
+
+STATS_EVERY_S = 10.0
+JPEG_SOI = b"\xff\xd8\xff"
+
+
+class WatchApp:
+    def __init__(self, cfg: ViewerConfig) -> None:
+        self.cfg = cfg
+        self.wcfg = cfg.watch
+        self.state = FleetState(cfg.stale_after_s)
+        self.decoder = Decoder()
+        self.should_exit = False
+        self.force_exit = False
+        self.paused = False
+        self.rendered = 0
+        self.masks = 0
+        self.exit_code = 0
+        self._dirty = True
+        self._last_img = None
+        self._last_paint = 0.0
+
+    async def serve(self) -> int:
+        self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    # ------------------------------------------------------------ lifecycle
+
+    def startup(self) -> None:
+        self.t0 = time.monotonic()
+        self.ctx = zmq.asyncio.Context()
+        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm)
+        if self.wcfg.headless:
+            assert self.wcfg.out is not None
+            self.sink: HeadlessSink | None = HeadlessSink(self.wcfg.out, self.wcfg.format, self.wcfg.mp4_fps)
+            self.window = None
+        else:
+            from viewer.window import Window  # HighGUI only when a window is wanted
+
+            self.sink = None
+            self.window = Window(self.wcfg.title)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal)
+        self.receiver = asyncio.ensure_future(self.sub.run(self.on_frames))
+        log.info("event=watch_started endpoints=%s mode=%s", ",".join(self.cfg.connect),
+                 "headless" if self.sink else "window")
+
+    async def main_loop(self) -> None:
+        period = 1.0 / self.wcfg.refresh_hz
+        next_stats = time.monotonic() + STATS_EVERY_S
+        while not self.should_exit:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            if self.state.tick(now):
+                self._dirty = True
+            if self.window is not None:
+                self._paint(now)
+                self._handle(self.window.poll())
+            if self.wcfg.duration is not None and now - self.t0 >= self.wcfg.duration:
+                log.info("event=duration_reached seconds=%.1f", now - self.t0)
+                self.should_exit = True
+            if self.receiver.done():
+                exc = self.receiver.exception() if not self.receiver.cancelled() else None
+                log.error("event=receiver_stopped error=%r", exc)
+                self.exit_code = 1
+                self.should_exit = True
+            if now >= next_stats:
+                next_stats = now + STATS_EVERY_S
+                self._log_stats()
+
+    async def shutdown(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        self.receiver.cancel()
+        try:
+            await self.receiver
+        except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - already logged by main_loop
+            if not isinstance(e, asyncio.CancelledError):
+                log.debug("event=receiver_error error=%r", e)
+        if self.sink is not None:
+            self.sink.close()
+        if self.window is not None:
+            self.window.close()
+        self.sub.close()
+        self.ctx.term()
+        self._log_stats(final=True)
+
+    def _on_signal(self) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+
+    # ------------------------------------------------------------ work
+
+    def on_frames(self, frames: list[bytes], t_wall: float) -> None:
+        msg = self.decoder(frames)
+        if msg is None:
+            return
+        if msg.frame_jpeg is not None and not msg.frame_jpeg.startswith(JPEG_SOI):
+            self.decoder.reject("bad_jpeg", f"frame of {msg.vehicle_id} seq={msg.header['seq']} is not a JPEG")
+            msg.frame_jpeg = None
+        now = time.monotonic()
+        self.state.on_message(msg, t_wall, now)
+        self._dirty = True
+        if msg.kind != "mask":
+            return
+        self.masks += 1
+        if self.sink is not None:
+            views = self.state.views(now)
+            self.sink.write(render_fleet(views, self.wcfg.tile_width, self.wcfg.columns, self._footer()),
+                            views, f"mask/{msg.vehicle_id}/{msg.header['seq']}", t_wall)
+            self.rendered += 1
+        if self.wcfg.count is not None and self.masks >= self.wcfg.count:
+            self.should_exit = True
+
+    def _paint(self, now: float) -> None:
+        # Repaint on news, and once a second anyway so "stale for N s" keeps counting.
+        if self.paused or not (self._dirty or now - self._last_paint >= 1.0):
+            return
+        self._last_img = render_fleet(self.state.views(now), self.wcfg.tile_width, self.wcfg.columns, self._footer())
+        assert self.window is not None
+        self.window.show(self._last_img)
+        self.rendered += 1
+        self._dirty = False
+        self._last_paint = now
+
+    def _handle(self, action: str | None) -> None:
+        if action == "quit":
+            self.should_exit = True
+        elif action == "pause":
+            self.paused = not self.paused
+            log.info("event=%s", "paused" if self.paused else "resumed")
+            if self.paused and self._last_img is not None and self.window is not None:
+                self.window.show(render_fleet(self.state.views(time.monotonic()), self.wcfg.tile_width,
+                                              self.wcfg.columns, self._footer()))
+        elif action == "snapshot" and self._last_img is not None:
+            from viewer.window import save_snapshot
+
+            try:
+                save_snapshot(self._last_img, self.wcfg.snapshot_dir)
+            except OSError as e:
+                log.error("event=snapshot_failed error=%s", e)
+
+    def _footer(self) -> str:
+        bad = self.decoder.rejected
+        reasons = ", ".join(f"{k} {n}" for k, n in bad.most_common(3))
+        text = (f"{len(self.cfg.connect)} endpoint(s)  vehicles {len(self.state.vehicles)}"
+                f"  received {self.sub.received}  bad {sum(bad.values())}" + (f" ({reasons})" if reasons else ""))
+        return text + ("  PAUSED" if self.paused else "")
+
+    def _log_stats(self, final: bool = False) -> None:
+        bad = " ".join(f"bad_{k}={n}" for k, n in sorted(self.decoder.rejected.items()))
+        log.info("event=%s received=%d accepted=%d rejected=%d rendered=%d links_up=%d links_down=%d %s",
+                 "watch_summary" if final else "stats", self.sub.received, self.decoder.accepted,
+                 self.decoder.rejected_total, self.rendered, self.sub.links_up, self.sub.links_down, bad)
+        for v in self.state.vehicles.values():
+            log.info("event=vehicle_stats vehicle=%s run_id=%s masks=%d statuses=%d drops=%d restarts=%d stale=%s stale_events=%d",
+                     v.vehicle_id, v.run_id, v.masks, v.statuses, v.drops, v.restarts, v.stale, v.stale_events)

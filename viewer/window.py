@@ -1,0 +1,58 @@
+"""The OpenCV window: show an image, poll the keyboard (q/Esc quit, p/space pause, s snapshot)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+KEYS = {ord("q"): "quit", 27: "quit", ord("p"): "pause", ord(" "): "pause", ord("s"): "snapshot"}
+
+
+class Window:
+    """A resizable window without toolbars; ``poll()`` returns an action name or None."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._size: tuple[int, int] | None = None
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        cv2.moveWindow(title, 0, 0)
+        self._shown = False
+
+    def show(self, img: np.ndarray) -> None:
+        size = (img.shape[1], img.shape[0])
+        if size != self._size:  # the layout changed (a vehicle joined): fit the window to it
+            cv2.resizeWindow(self.title, *size)
+            self._size = size
+        cv2.imshow(self.title, img)
+        self._shown = True
+
+    def poll(self) -> str | None:
+        key = cv2.waitKey(1)
+        if key != -1:
+            return KEYS.get(key & 0xFF)
+        # Closing the window with the mouse is a quit, like `q`.
+        if self._shown and cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) < 1:
+            return "quit"
+        return None
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+def save_snapshot(img: np.ndarray, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"crack-viewer-{stamp}-{int(time.time() * 1000) % 1000:03d}.png"
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cannot write snapshot {path}")
+    log.info("event=snapshot path=%s", path)
+    return path
