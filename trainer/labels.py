@@ -1,0 +1,121 @@
+"""Step 2: the teacher's soft labels, written once as a distillation dataset.
+
+For every training image the teacher's four attention-gated logits (h, x, y, mix) are divided by T
+and passed through the softmax; each crack probability is saved as an 8-bit grey PNG at the image's
+own size (predicted at native size, padded to a multiple of 4).  ``manifest.json`` records the
+teacher checkpoint and its SHA-256, T, and every image with its SHA-256, so step 3 refuses labels
+made by another teacher or for other images.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from models.card import sha256_file
+from trainer.data import Pair, normalise, pad_to_multiple, read_image
+from trainer.errors import DataError, MissingInput
+from trainer.losses import OUTPUTS
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu"):
+    """(network with the checkpoint's weights, its meta) from a ``best.pt``/``last.pt``."""
+    import torch
+
+    from models import create_model
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingInput(f"{path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        meta = ck["meta"]
+        net = create_model(meta["arch"])
+        net.load_state_dict(ck["model"])
+    except (KeyError, RuntimeError, EOFError) as e:
+        raise DataError(f"{path}: not a crack-train checkpoint: {e}") from e
+    return net.to(device).eval(), meta
+
+
+def label_paths(out_dir: Path, pair: Pair) -> list[Path]:
+    return [out_dir / pair.dataset / f"{pair.name}_{o}.png" for o in OUTPUTS]
+
+
+def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature: float, out_dir: str | Path,
+                    device: str = "cpu") -> Path:
+    """Write the soft labels of ``pairs`` and their manifest under ``out_dir``; returns the manifest."""
+    import torch
+    import torch.nn.functional as F
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out_dir = Path(out_dir)
+    net, meta = load_checkpoint(teacher_ckpt, device)
+    entries = []
+    t0 = time.monotonic()
+    for i, pair in enumerate(pairs, 1):
+        img = read_image(pair.image)
+        h, w = img.shape[:2]
+        ph, pw = pad_to_multiple(h, w)
+        x = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+        with torch.inference_mode():
+            outs = net(torch.from_numpy(normalise(x)[None]).to(device))
+        files = label_paths(out_dir, pair)
+        files[0].parent.mkdir(parents=True, exist_ok=True)
+        for name, f in zip(OUTPUTS, files):
+            p = F.softmax(outs[name].float() / temperature, dim=1)[0, 0, :h, :w].cpu().numpy()
+            cv2.imwrite(str(f), np.round(p * 255).astype(np.uint8))
+        entries.append({"image": str(pair.image.resolve()), "sha256": sha256_file(pair.image),
+                        "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]})
+        log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f", pair.image.name, i, len(pairs),
+                 time.monotonic() - t0)
+    manifest = {"version": 1, "teacher": str(Path(teacher_ckpt).resolve()),
+                "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
+                "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return path
+
+
+def load_manifest(label_dir: str | Path, pairs: Sequence[Pair], teacher: str | Path | None = None) -> dict:
+    """The manifest, after checking it covers exactly these images (and came from ``teacher``)."""
+    label_dir = Path(label_dir)
+    path = label_dir / MANIFEST
+    if not path.exists():
+        raise MissingInput(f"{path}: no manifest; make the labels with `crack-train labels`")
+    try:
+        manifest = json.loads(path.read_text())
+        images = {e["image"]: e for e in manifest["images"]}
+        manifest["temperature"], manifest["teacher_sha256"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: invalid soft-label manifest: {e}") from e
+    if teacher is not None:
+        actual = sha256_file(teacher)
+        if actual != manifest["teacher_sha256"]:
+            raise DataError(f"{path}: labels were made by teacher {manifest['teacher_sha256'][:12]}… "
+                            f"({manifest.get('teacher')}), not by {teacher} ({actual[:12]}…)")
+    for pair in pairs:
+        entry = images.get(str(pair.image.resolve()))
+        if entry is None:
+            raise DataError(f"{path}: no soft labels for training image {pair.image}; "
+                            f"remake the labels for this data")
+        if entry["sha256"] != sha256_file(pair.image):
+            raise DataError(f"{path}: training image {pair.image} changed since its soft labels were made")
+        for rel in entry["labels"]:
+            if not (label_dir / rel).exists():
+                raise DataError(f"{label_dir / rel}: soft label listed in {path} is missing")
+    return manifest
+
+
+def soft_label_index(label_dir: str | Path, manifest: dict) -> dict[Path, list[Path]]:
+    """Image path -> its four label files, in the order h, x, y, mix."""
+    label_dir = Path(label_dir)
+    return {Path(e["image"]): [label_dir / r for r in e["labels"]] for e in manifest["images"]}

@@ -1,0 +1,289 @@
+"""The training loop every step shares: optimise, validate, schedule, checkpoint, log, plot.
+
+A run directory holds ``config.json`` (the settings), ``last.pt`` (written atomically after every
+epoch: weights, optimiser, scheduler, history), ``best.pt`` (weights with the best validation
+F1(2px)), ``log.csv`` and ``curves.png``.  ``--resume`` continues from ``last.pt``, so Ctrl-C or a
+kill loses at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainer.config import TrainSettings
+from trainer.data import Pair, collate, read_pair
+from trainer.errors import ConfigError, MissingInput
+from trainer.inference import TorchPredictor, predict_image
+from trainer.metrics import MetricSet
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the epoch in progress is dropped, the last checkpoint stands."""
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available here")
+    return name
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.learning_rate)
+    return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+class Progress:
+    """A one-line progress bar on a terminal; a log line every quarter epoch otherwise."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.start = total, label, time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self._last_quarter = -1
+
+    def update(self, done: int, loss: float) -> None:
+        elapsed = time.monotonic() - self.start
+        eta = elapsed / max(done, 1) * (self.total - done)
+        if self.tty:
+            filled = int(30 * done / self.total)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
+                             f"loss={loss:.4f} {elapsed:.0f}s eta={eta:.0f}s ")
+            sys.stderr.flush()
+            return
+        quarter = 4 * done // self.total
+        if quarter != self._last_quarter:
+            self._last_quarter = quarter
+            log.info("event=progress %s step=%d/%d loss=%.4f elapsed_s=%.0f eta_s=%.0f",
+                     self.label, done, self.total, loss, elapsed, eta)
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+
+
+class Validator:
+    """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid."""
+
+    def __init__(self, pairs: Sequence[Pair], size: int, device: str, temperature: float = 1.0) -> None:
+        self.items = [(p.name, *read_pair(p)) for p in pairs]
+        self.mode = "resize" if size else "native"
+        self.size = (size, size)
+        self.device = device
+        self.temperature = temperature
+
+    def __call__(self, net: nn.Module) -> dict[str, float]:
+        was_training = net.training
+        net.eval()
+        predict = TorchPredictor(net, self.device, self.temperature)
+        ms = MetricSet()
+        for name, img, gt in self.items:
+            ms.update(predict_image(predict, img, self.mode, self.size), gt, name)
+        net.train(was_training)
+        t = ms.best_threshold()
+        s = ms.summary(t)
+        return {"val_f1_tol": s["tol2"]["f1"], "val_f1": s["strict"]["f1"], "val_iou": s["strict"]["iou"],
+                "val_threshold": t}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_f1_tol: float
+    epochs_run: int
+    stopped_early: bool
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def plot_curves(path: Path, history: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(ep, [r["train_loss"] for r in history], marker=".")
+    a.set_xlabel("epoch"), a.set_ylabel("train loss"), a.set_yscale("log"), a.grid(alpha=0.3)
+    b.plot(ep, [r["val_f1_tol"] for r in history], marker=".", label="F1 (2 px)")
+    b.plot(ep, [r["val_f1"] for r in history], marker=".", label="F1 (strict)")
+    b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3), b.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Module], dict[str, float]],
+        cfg: TrainSettings, meta: dict[str, Any]) -> RunResult:
+    """Train ``net`` on ``train_set`` until ``cfg.epochs`` or early stop; returns the best epoch.
+
+    ``meta`` goes into every checkpoint (arch, deploy temperature, data, recipe) so that export
+    and eval need nothing but the checkpoint.
+    """
+    device = pick_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    seed_everything(cfg.seed)
+
+    cuda = device.startswith("cuda")
+    net.to(device)
+    if cuda:
+        net.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    optimizer = make_optimizer(net.parameters(), cfg)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    use_amp = cuda and cfg.amp
+    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best, best_epoch, since_best = 0, -1.0, -1, 0
+    if cfg.resume:
+        if not last_path.exists():
+            raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
+        ck = torch.load(last_path, map_location=device, weights_only=False)
+        if ck["meta"].get("arch") != meta.get("arch"):
+            raise ConfigError(f"{last_path}: checkpoint is a {ck['meta'].get('arch')!r}, this run a {meta.get('arch')!r}")
+        net.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        history = ck["history"]
+        start_epoch, best, best_epoch, since_best = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["since_best"]
+        torch.set_rng_state(ck["torch_rng"])
+        log.info("event=resume run_dir=%s epoch=%d best_val_f1_tol=%.4f", run_dir, start_epoch, best)
+    (run_dir / "config.json").write_text(json.dumps(
+        {"settings": json.loads(cfg.model_dump_json()), "meta": meta, "device": device,
+         "torch": torch.__version__, "argv": sys.argv}, indent=2) + "\n")
+
+    def on_term(signum, frame):  # a kill is handled like Ctrl-C: stop at once, keep the last checkpoint
+        raise Interrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    stopped_early = False
+    log.info("event=start run_dir=%s device=%s arch=%s params=%d epochs=%d samples_per_epoch=%d batch=%d lr=%g amp=%s",
+             run_dir, device, meta.get("arch"), sum(p.numel() for p in net.parameters()), cfg.epochs,
+             len(train_set), cfg.batch_size, cfg.learning_rate, use_amp)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.monotonic()
+            train_set.set_epoch(epoch)
+            terms = _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch)
+            val = validate(net)
+            scheduler.step(val["val_f1_tol"])
+            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
+                   **{f"train_{k}": v for k, v in terms.items()}, **val,
+                   "seconds": round(time.monotonic() - t0, 1)}
+            history.append(row)
+            improved = val["val_f1_tol"] > best
+            if improved:
+                best, best_epoch, since_best = val["val_f1_tol"], epoch, 0
+            else:
+                since_best += 1
+            state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
+                                                         "settings": json.loads(cfg.model_dump_json())}}
+            if improved:
+                _atomic_save(state, best_path)
+            _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                          "since_best": since_best, "history": history, "torch_rng": torch.get_rng_state()},
+                         last_path)
+            write_csv(run_dir / "log.csv", history)
+            plot_curves(run_dir / "curves.png", history)
+            log.info("event=epoch epoch=%d train_loss=%.4f val_f1_tol=%.4f val_f1=%.4f val_iou=%.4f "
+                     "val_threshold=%.2f lr=%.2g seconds=%.0f best_epoch=%d",
+                     epoch, row["train_loss"], val["val_f1_tol"], val["val_f1"], val["val_iou"],
+                     val["val_threshold"], row["lr"], row["seconds"], best_epoch)
+            if since_best >= cfg.early_stop:
+                stopped_early = True
+                log.info("event=early_stop epoch=%d epochs_without_improvement=%d", epoch, since_best)
+                break
+    except (KeyboardInterrupt, Interrupted) as e:
+        done = history[-1]["epoch"] if history else -1
+        log.warning("event=interrupted reason=%s last_complete_epoch=%d resume='same command with --resume'",
+                    type(e).__name__ if isinstance(e, KeyboardInterrupt) else e, done)
+        raise Interrupted(str(e)) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return RunResult(run_dir, best_epoch, best, len(history), stopped_early)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch) -> dict[str, float]:
+    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
+                                         num_workers=cfg.workers, collate_fn=collate,
+                                         pin_memory=device.startswith("cuda"))
+    if len(loader) == 0:
+        raise ConfigError(f"samples_per_epoch {len(train_set)} < batch_size {cfg.batch_size}: no step per epoch")
+    net.train()
+    sums: dict[str, float] = {}
+    bar = Progress(len(loader), f"epoch={epoch}")
+    for step, batch in enumerate(loader, 1):
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        if device.startswith("cuda"):
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=amp_dtype,
+                            enabled=use_amp):
+            outputs = net(batch["image"])
+        terms = loss_fn(outputs, batch)
+        loss = terms["loss"]
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        bar.update(step, sums["loss"] / step)
+    bar.close()
+    return {k: v / len(loader) for k, v in sums.items()}
