@@ -1,0 +1,165 @@
+"""OpenVINO on the CPU: the fast path on x86 boxes without a GPU (fp32, bf16, QDQ INT8).
+
+It reads the same ONNX file and card as ONNX Runtime.  OpenVINO's CPU plugin is fastest on
+static shapes, so the dynamic-H/W model is reshaped to each incoming frame size and one
+compiled model is kept per shape; with ``cache_dir`` the compiled blobs go to disk, so a
+restart imports them instead of compiling again.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.backends.base import Backend, BackendError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "int8")
+# The model's own precision (card) -> what we run it at when the config does not say.
+_DEFAULT_FOR_CARD = {"fp32": "fp32", "fp16": "fp32", "int8": "int8"}
+# A camera has one size and `bench` a few; more than this is a caller feeding random sizes.
+MAX_COMPILED_SHAPES = 8
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """The CPU plugin's OPTIMIZATION_CAPABILITIES, e.g. ['FP32', 'BF16', 'INT8', ...]."""
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def count_fake_quantize(model: Any) -> int:
+    """How many quantise points OpenVINO found in the graph (ONNX QDQ pairs become FakeQuantize)."""
+    return sum(1 for op in model.get_ops() if op.get_type_name() == "FakeQuantize")
+
+
+def _loaded_from_cache(compiled: Any) -> bool:
+    """Whether OpenVINO imported this compiled model from CACHE_DIR instead of compiling it."""
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except RuntimeError:  # a plugin that does not report it
+        return False
+
+
+class OpenVINOBackend(Backend):
+    """Options: ``precision`` (fp32 | bf16 | int8), ``threads``, ``cache_dir``, ``device`` (CPU)."""
+
+    name = "openvino"
+
+    @classmethod
+    def available(cls) -> bool:
+        return importlib.util.find_spec("openvino") is not None
+
+    def load(self) -> None:
+        import openvino as ov
+
+        self._ov = ov
+        self.core = ov.Core()
+        self.device = str(self.options.get("device") or "CPU")
+        self.threads = int(self.options.get("threads") or 0)
+        self.cache_dir = self.options.get("cache_dir")
+        if self.cache_dir:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+            # A core-wide property: every compile_model below reads or fills the cache.
+            self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
+        try:
+            self.model = self.core.read_model(str(self.model_path))
+        except RuntimeError as e:
+            raise BackendError(f"{self.model_path}: OpenVINO cannot read it: {e}") from e
+        names = [n for p in self.model.inputs for n in p.get_names()]
+        if self.card.input_name not in names:
+            raise BackendError(f"{self.model_path}: input {self.card.input_name!r} not in model inputs {names}")
+        out_names = [n for p in self.model.outputs for n in p.get_names()]
+        if self.card.output_name not in out_names:
+            raise BackendError(f"{self.model_path}: output {self.card.output_name!r} not in model outputs {out_names}")
+        self.quantize_points = count_fake_quantize(self.model)
+        self.precision, self.fallback_reason = self._choose_precision()
+        self._compiled: OrderedDict[tuple[int, ...], tuple[Any, Any]] = OrderedDict()
+        self.compile_ms: dict[str, float] = {}
+        self.from_cache: dict[str, bool] = {}
+        # Compile the card's size now, so the first frame is not the one that pays for it.
+        h, w = self.card.input_size
+        self._request((1, 3, int(h), int(w)))
+
+    def _choose_precision(self) -> tuple[str, str]:
+        """The precision to run at, and why it differs from the one asked for ('' when it does not)."""
+        card_precision = _DEFAULT_FOR_CARD.get(self.card.precision, "fp32")
+        wanted = str(self.options.get("precision") or card_precision).lower()
+        if wanted not in PRECISIONS:
+            raise BackendError(f"precision {wanted!r} is not one of {', '.join(PRECISIONS)} for backend openvino")
+        if wanted == "int8" and not self.quantize_points:
+            raise BackendError(
+                f"{self.model_path}: precision int8 needs a QDQ INT8 model (make one with `crack-train quantize`); "
+                f"this file has no QuantizeLinear/DequantizeLinear pairs (card precision={self.card.precision})")
+        if wanted == "bf16":
+            caps = cpu_capabilities(self.core)
+            if "BF16" not in caps:
+                reason = f"this CPU has no BF16 (OPTIMIZATION_CAPABILITIES={','.join(caps)}); running fp32"
+                log.warning("event=precision_fallback backend=openvino requested=bf16 used=fp32 reason=%r", reason)
+                return "fp32", reason
+        return wanted, ""
+
+    def _compile_config(self) -> dict[str, Any]:
+        # fp32 must be asked for: on CPUs with BF16 OpenVINO silently runs bf16 by default.
+        # For int8 the QDQ pairs decide what runs in int8; the rest stays fp32 for accuracy.
+        hint = "bf16" if self.precision == "bf16" else "f32"
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        return config
+
+    def _request(self, shape: tuple[int, ...]) -> Any:
+        """The infer request compiled for this exact input shape (compiled on first use)."""
+        hit = self._compiled.get(shape)
+        if hit is not None:
+            self._compiled.move_to_end(shape)
+            return hit[1]
+        model = self.model.clone()
+        try:
+            model.reshape({self.card.input_name: list(shape)})
+        except RuntimeError as e:
+            raise BackendError(f"{self.model_path}: cannot reshape input to {list(shape)}: {e}") from e
+        t0 = time.perf_counter()
+        try:
+            compiled = self.core.compile_model(model, self.device, self._compile_config())
+        except RuntimeError as e:
+            raise BackendError(f"{self.model_path}: OpenVINO cannot compile it for {self.device}: {e}") from e
+        ms = (time.perf_counter() - t0) * 1000.0
+        key = "x".join(map(str, shape))
+        self.compile_ms[key] = round(ms, 1)
+        self.from_cache[key] = bool(self.cache_dir) and _loaded_from_cache(compiled)
+        log.info("event=compiled backend=openvino shape=%s precision=%s ms=%.1f cache_dir=%s from_cache=%s",
+                 key, self.precision, ms, self.cache_dir or "-", self.from_cache[key])
+        request = compiled.create_infer_request()
+        self._compiled[shape] = (compiled, request)
+        if len(self._compiled) > MAX_COMPILED_SHAPES:
+            old, _ = self._compiled.popitem(last=False)
+            log.info("event=evicted backend=openvino shape=%s", "x".join(map(str, old)))
+        return request
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        request = self._request(tuple(int(d) for d in batch.shape))
+        # share_inputs: the request reads the caller's array in place (it stays alive for this sync call).
+        request.infer({self.card.input_name: batch}, share_inputs=True)
+        # The output tensor is the request's own buffer, rewritten by the next call: hand back a copy.
+        return np.array(request.get_tensor(self.card.output_name).data, copy=True)
+
+    def close(self) -> None:
+        self._compiled = OrderedDict()
+        self.model = None
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"backend": self.name, "precision": getattr(self, "precision", None),
+                                "model_precision": self.card.precision}
+        if hasattr(self, "_ov"):
+            info.update(version=self._ov.__version__, device=self.device, threads=self.threads or "auto",
+                        cache_dir=str(self.cache_dir) if self.cache_dir else None,
+                        quantize_points=self.quantize_points, compile_ms=dict(self.compile_ms),
+                        from_cache=dict(self.from_cache))
+            if self.fallback_reason:
+                info["fallback_reason"] = self.fallback_reason
+        return info

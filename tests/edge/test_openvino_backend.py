@@ -1,0 +1,206 @@
+"""The OpenVINO backend against ONNX Runtime, on a real exported student and real demo frames."""
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.backends.base import BackendError, available_backends, create_backend
+from models.card import ModelCard, load_card, sha256_file, write_card
+
+pytestmark = pytest.mark.openvino
+
+if importlib.util.find_spec("openvino") is None:
+    pytest.skip("openvino is not installed (pip install 'crack-inspect[openvino]')", allow_module_level=True)
+
+DEMO_CLIP = Path(__file__).resolve().parents[2] / "edge" / "demo" / "crackforest.mp4"
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def student_onnx(tmp_path_factory) -> Path:
+    """The real student architecture with random weights, exported with dynamic H/W."""
+    torch = pytest.importorskip("torch", reason="torch is needed to export the test model")
+    from models import create_model
+    from models.mcff import DeployHead
+
+    torch.manual_seed(0)
+    head = DeployHead(create_model("student")).eval()
+    path = tmp_path_factory.mktemp("ov-model") / "student.onnx"
+    with warnings.catch_warnings():  # the tracer's notes about InstanceNorm are expected
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (torch.zeros(1, 3, SIZE, SIZE),), str(path), input_names=["image"],
+                          output_names=["crack_prob"], opset_version=17, dynamo=False,
+                          dynamic_axes={"image": {2: "H", 3: "W"}, "crack_prob": {2: "H", 3: "W"}})
+    write_card(ModelCard(name="student", input_size=(SIZE, SIZE), sha256=sha256_file(path)), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def frames() -> list[np.ndarray]:
+    """Three normalised demo frames at 64x96 (or textured noise where the clip is missing)."""
+    import cv2
+
+    out = []
+    cap = cv2.VideoCapture(str(DEMO_CLIP))
+    while len(out) < 3:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        out.append(cv2.resize(bgr, (96, 64), interpolation=cv2.INTER_AREA))
+    cap.release()
+    if not out:
+        print(f"demo clip {DEMO_CLIP} unreadable: using random frames")
+        rng = np.random.default_rng(1)
+        out = [rng.integers(0, 256, (64, 96, 3), dtype=np.uint8) for _ in range(3)]
+    return [np.ascontiguousarray(((f.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1)[None]) for f in out]
+
+
+@pytest.fixture(scope="session")
+def int8_onnx(student_onnx, tmp_path_factory) -> Path:
+    """The student as a QDQ INT8 file made by `trainer.quantize`, calibrated on a few demo-like frames."""
+    pytest.importorskip("onnx", reason="onnx is needed to quantise")
+    import cv2
+
+    from trainer.quantize import quantize_qdq
+
+    folder = tmp_path_factory.mktemp("calib")
+    rng = np.random.default_rng(2)
+    images = []
+    for i in range(4):
+        img = np.clip(rng.normal(128, 30, (SIZE, SIZE, 3)), 0, 255).astype(np.uint8)
+        cv2.line(img, (0, i * 10), (SIZE - 1, SIZE - 1 - i * 5), (30, 30, 30), 2)
+        images.append(folder / f"{i}.png")
+        cv2.imwrite(str(images[-1]), img)
+    card = load_card(student_onnx)
+    out = folder / "student-int8.onnx"
+    quantize_qdq(student_onnx, out, images, card)
+    int8 = card.model_copy(update={"name": "student-int8", "precision": "int8", "sha256": sha256_file(out)})
+    write_card(int8, out)
+    return out
+
+
+def _run(backend_name: str, path: Path, batches: list[np.ndarray], **options) -> list[np.ndarray]:
+    backend = create_backend(backend_name, path, load_card(path), **options)
+    backend.load()
+    try:
+        return [backend.infer(b) for b in batches]
+    finally:
+        backend.close()
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+def test_fp32_matches_onnxruntime(student_onnx, frames):
+    ov = _run("openvino", student_onnx, frames, precision="fp32", threads=1)
+    ort = _run("onnxruntime", student_onnx, frames, threads=1)
+    for o, r in zip(ov, ort):
+        assert o.shape == r.shape == (1, 1, 64, 96)
+        assert o.dtype == np.float32
+        np.testing.assert_allclose(o, r, atol=1e-4)
+        # Random weights sit near 0.5: threshold at the median too, so both masks are half the frame.
+        for threshold in (0.5, float(np.median(r))):
+            assert _iou(o > threshold, r > threshold) >= 0.98
+
+
+def test_dynamic_shapes_compile_once_each(student_onnx, frames):
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", threads=1)
+    backend.load()
+    assert list(backend.describe()["compile_ms"]) == ["1x3x64x64"]  # the card's size, at load
+    big = np.ascontiguousarray(np.tile(frames[0], (1, 1, 1, 2))[:, :, :, :128])  # 64x128
+    first = backend.infer(frames[0])
+    backend.infer(big)
+    again = backend.infer(frames[0])
+    assert set(backend.describe()["compile_ms"]) == {"1x3x64x64", "1x3x64x96", "1x3x64x128"}
+    np.testing.assert_array_equal(first, again)  # and the returned array is not overwritten
+    backend.close()
+    backend.close()
+
+
+def test_compile_cache_is_written_then_reused(student_onnx, frames, tmp_path):
+    cache = tmp_path / "ov-cache"
+    cold = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", threads=1,
+                          cache_dir=str(cache))
+    cold.load()
+    out_cold = cold.infer(frames[0])
+    blobs = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert blobs, "nothing written to the cache dir"
+    assert cold.describe()["from_cache"] == {"1x3x64x64": False, "1x3x64x96": False}
+    cold.close()
+
+    warm = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", threads=1,
+                          cache_dir=str(cache))
+    warm.load()
+    out_warm = warm.infer(frames[0])
+    assert warm.describe()["from_cache"] == {"1x3x64x64": True, "1x3x64x96": True}
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == blobs
+    np.testing.assert_allclose(out_warm, out_cold, atol=1e-6)
+
+
+def test_bf16_runs_or_falls_back_with_reason(student_onnx, frames):
+    import openvino as ov
+
+    from edge.backends.openvino import cpu_capabilities
+
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="bf16", threads=1)
+    backend.load()
+    out = backend.infer(frames[0])
+    info = backend.describe()
+    if "BF16" in cpu_capabilities(ov.Core()):
+        assert info["precision"] == "bf16" and "fallback_reason" not in info
+        ref = _run("onnxruntime", student_onnx, frames[:1], threads=1)[0]
+        assert np.abs(out - ref).max() < 0.05  # bf16 keeps about 3 significant digits
+    else:
+        print("this CPU has no BF16: checking the fallback")
+        assert info["precision"] == "fp32" and "BF16" in info["fallback_reason"]
+
+
+def test_int8_qdq_file_runs_in_both_runtimes(int8_onnx, student_onnx, frames):
+    ov = _run("openvino", int8_onnx, frames, precision="int8", threads=1)
+    ort = _run("onnxruntime", int8_onnx, frames, threads=1)
+    fp32 = _run("onnxruntime", student_onnx, frames, threads=1)
+    for o, r, f in zip(ov, ort, fp32):
+        assert o.shape == r.shape == f.shape
+        assert np.isfinite(o).all() and 0.0 <= o.min() and o.max() <= 1.0
+        # Two int8 kernels round differently, and both differ from fp32, but not by much.
+        assert np.abs(o - r).mean() < 0.02
+        assert np.abs(o - f).mean() < 0.05
+
+
+def test_int8_card_default_and_describe(int8_onnx, frames):
+    backend = create_backend("openvino", int8_onnx, load_card(int8_onnx), threads=1)  # precision from the card
+    backend.load()
+    info = backend.describe()
+    assert info["precision"] == "int8" and info["model_precision"] == "int8"
+    assert info["quantize_points"] > 0
+
+
+def test_int8_on_fp32_model_is_refused(student_onnx):
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="int8")
+    with pytest.raises(BackendError, match=r"student\.onnx.*crack-train quantize"):
+        backend.load()
+
+
+def test_unknown_precision_is_refused(student_onnx):
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp8")
+    with pytest.raises(BackendError, match="precision 'fp8'"):
+        backend.load()
+
+
+def test_wrong_input_name_is_refused(student_onnx):
+    card = load_card(student_onnx).model_copy(update={"input_name": "frame"})
+    with pytest.raises(BackendError, match="input 'frame'"):
+        create_backend("openvino", student_onnx, card).load()
+
+
+def test_auto_prefers_openvino_over_onnxruntime(student_onnx):
+    present = available_backends()
+    assert present.index("openvino") < present.index("onnxruntime")
+    backend = create_backend("auto", student_onnx, load_card(student_onnx))
+    assert backend.name == present[0]
