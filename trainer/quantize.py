@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.card import CardError, ModelCard, card_path, load_card, sha256_file, write_card
-from trainer.data import Pair, list_pairs, read_image, read_mask, training_pairs
+from trainer.data import Pair, list_pairs, pad_to_multiple, read_image, training_pairs
 from trainer.errors import ConfigError, DataError, MissingInput, TrainerError
 
 log = logging.getLogger(__name__)
@@ -136,17 +136,11 @@ def quantize_qdq(model_path: Path, out_path: Path, calib_images: Sequence[Path],
 
 def evaluate_f1(model_path: Path, pairs: Sequence[Pair], threshold: float, mode: str = "resize",
                 threads: int = 0) -> float:
-    """Validation F1(2px) of an ONNX model (card beside it) at ``threshold``, the project's metrics."""
-    from trainer.inference import OnnxPredictor, predict_image
-    from trainer.metrics import MetricSet
+    """Validation F1(2px) of an ONNX model (card beside it) at ``threshold``: `crack-train eval`'s scoring."""
+    from trainer.evaluate import load_model, score
 
-    predictor = OnnxPredictor(model_path, threads=threads or None)
-    metrics = MetricSet(thresholds=(threshold,))
-    size = tuple(predictor.card.input_size)
-    for pair in pairs:
-        bgr = read_image(pair.image)
-        prob = predict_image(predictor, bgr, mode=mode, size=size)
-        metrics.update(prob, read_mask(pair.mask, bgr.shape[:2], pair.image), pair.name)
+    model = load_model(model_path, threads=threads or None)
+    metrics, _, _ = score(model.predict, pairs, mode, model.input_size, thresholds=(threshold,))
     return float(metrics.summary(threshold)["tol2"]["f1"])
 
 
@@ -212,14 +206,30 @@ def quantize(model_path: str | Path, out_path: str | Path, calib_images: Sequenc
                       "f1_int8": round(f1_int8, 6), "drop": round(drop, 6), "max_drop": max_f1_drop,
                       **({"data": source} if source else {})},
         }
-        int8_card.metrics = {**card.metrics, "val_f1_tol2_fp32": round(f1_fp32, 6),
-                             "val_f1_tol2_int8": round(f1_int8, 6)}
+        # The fp32 card's test figures were not measured on this file: they move under
+        # `quantization`, and `crack-train eval --write-card` adds the INT8 model's own.
+        int8_card.quantization["source_metrics"] = card.metrics
+        int8_card.validated_sizes = _validated_sizes(val_data, card, mode)
+        int8_card.metrics = {"val_f1_tol2_fp32": round(f1_fp32, 6), "val_f1_tol2_int8": round(f1_int8, 6)}
+        if "definitions" in card.metrics:
+            int8_card.metrics["definitions"] = card.metrics["definitions"]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), out_path)
         write_card(int8_card, out_path)
     log.info("event=written out=%s sha256=%s", out_path, int8_card.sha256[:12])
     return QuantizeReport(out_path, f1_fp32, f1_int8, max_f1_drop, threshold, [str(p) for p in calib],
                           len(val_data), time.perf_counter() - t0, int8_card.model_dump(mode="json"))
+
+
+def _validated_sizes(pairs: Sequence[Pair], card: ModelCard, mode: str) -> list[tuple[int, int]]:
+    """The [H, W] the guard ran the INT8 model at: the card's size, or each frame's padded own size."""
+    if mode == "resize":
+        return [tuple(card.input_size)]
+    sizes = set()
+    for p in pairs:
+        h, w = read_image(p.image).shape[:2]
+        sizes.add(pad_to_multiple(h, w, card.size_multiple))
+    return sorted(sizes)
 
 
 def pick_calibration(pairs: Sequence[Pair], count: int, seed: int) -> list[Path]:

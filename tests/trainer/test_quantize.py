@@ -88,6 +88,7 @@ def test_quantize_writes_int8_file_and_card(dataset, model, tmp_path, capsys):
     assert guard["f1_fp32"] > 0.8, "the fixture model should find the dark cracks"
     assert guard["f1_fp32"] - guard["f1_int8"] <= 0.01
     assert card.metrics["val_f1_tol2_int8"] == guard["f1_int8"]
+    assert [list(s) for s in card.validated_sizes] == [[SIZE, SIZE]]
     train, val = _splits(dataset)
     calib = {Path(p).name for p in card.quantization["calibration_images"]}
     assert len(calib) == 6
