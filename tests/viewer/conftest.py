@@ -1,0 +1,106 @@
+"""Fixtures for the viewer's tests: real sockets on random loopback ports, every wait bounded.
+
+``pub``/``make_pub`` give test publishers (see viewer_testkit.Publisher); ``cli`` runs
+``crack-viewer`` as a user would, in a subprocess that is killed at teardown; ``xvfb`` starts a
+virtual display for the window tests (skipped, with the reason, where Xvfb is absent).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import zmq
+
+from viewer_testkit import FUZZ_COUNTS, Messages, Proc, Publisher
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FUZZ_COUNTS:
+        terminalreporter.section("viewer decoder fuzzing")
+        for name, n in FUZZ_COUNTS.items():
+            terminalreporter.write_line(f"{name}: {n} hypothesis cases ran")
+        terminalreporter.write_line(f"total: {sum(FUZZ_COUNTS.values())} cases")
+
+
+@pytest.fixture
+def zctx() -> Iterator[zmq.Context]:
+    """A context whose sockets are all closed at teardown (linger 0: nothing can hang)."""
+    ctx = zmq.Context()
+    yield ctx
+    ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def messages() -> Callable[..., Messages]:
+    return Messages
+
+
+@pytest.fixture
+def pub(zctx: zmq.Context) -> Iterator[Publisher]:
+    p = Publisher(zctx)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def make_pub(zctx: zmq.Context) -> Iterator[Callable[..., Publisher]]:
+    made: list[Publisher] = []
+
+    def make(ep: str | None = None) -> Publisher:
+        made.append(Publisher(zctx, ep))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+        procs.append(Proc([str(a) for a in args], env))
+        return procs[-1]
+
+    yield start
+    for pr in procs:
+        if pr.p.poll() is None:
+            pr.p.kill()
+            pr.p.communicate()
+
+
+# ------------------------------------------------------------ Xvfb
+
+
+@pytest.fixture
+def xvfb() -> Iterator[str]:
+    """A virtual X display (``:N``) for a real OpenCV window; skipped, with the reason, without Xvfb."""
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (apt-get install xvfb; .ci/run installs it)")
+    for n in range(50 + os.getpid() % 200, 400):
+        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
+            break
+    display = f":{n}"
+    proc = subprocess.Popen([exe, display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not Path(f"/tmp/.X11-unix/X{n}").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            err = proc.communicate()[1].decode(errors="replace")[-500:]
+            pytest.skip(f"Xvfb did not start on {display}: {err}")
+        time.sleep(0.05)
+    yield display
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,66 @@
+"""viewer.render: overlay colour where the mask is, mask alone without a frame, tiles, stale look."""
+from __future__ import annotations
+
+import numpy as np
+
+from edge import wire
+from viewer import render
+from viewer.state import FleetState
+
+
+def _state(messages, vehicles: dict[str, bool]) -> FleetState:
+    st = FleetState()
+    for vid, with_frame in vehicles.items():
+        st.on_message(wire.decode(messages(vehicle_id=vid).mask(3, with_frame=with_frame)), 0.0, 1.0)
+    return st
+
+
+def _is_overlay(px: np.ndarray) -> np.ndarray:
+    b, g, r = (px[..., i].astype(int) for i in range(3))
+    return (r - g > 60) & (r - b > 60)
+
+
+def test_single_vehicle_overlay_sits_on_the_mask(messages) -> None:
+    st = _state(messages, {"v1": True})
+    (view,) = st.views(1.0)
+    img = render.render_fleet([view], tile_width=640)
+    # Tile: band, then the 64x48 frame scaled x10 to 640x480, then the footer.
+    assert img.shape == (render.BAND_H + 480 + render.FOOTER_H, 640, 3)
+    pic = img[render.BAND_H:render.BAND_H + 480]
+    mask = np.repeat(np.repeat(view.mask > 0, 10, axis=0), 10, axis=1)
+    inner = mask & np.roll(mask, 10, 0) & np.roll(mask, -10, 0) & np.roll(mask, 10, 1) & np.roll(mask, -10, 1)
+    outer = ~(mask | np.roll(mask, 10, 0) | np.roll(mask, -10, 0) | np.roll(mask, 10, 1) | np.roll(mask, -10, 1))
+    assert _is_overlay(pic[inner]).mean() > 0.99
+    assert _is_overlay(pic[outer]).mean() < 0.01
+    # The band is dark with white text in it.
+    band = img[:render.BAND_H]
+    assert (band == render.BAND_BGR).all(axis=2).mean() > 0.7
+    assert (band.min(axis=2) > 200).sum() > 200
+
+
+def test_mask_alone_without_frame(messages) -> None:
+    st = _state(messages, {"v1": False})
+    (view,) = st.views(1.0)
+    pic, note = render.vehicle_image(view)
+    assert note == "mask only"
+    assert (pic[view.mask > 0] == render.OVERLAY_BGR).all()
+    assert (pic[view.mask == 0] == 0).all()
+
+
+def test_many_vehicles_tile_on_a_grid_and_stale_looks_stale(messages) -> None:
+    st = _state(messages, {"a": True, "b": False, "c": True})
+    views = st.views(1.0)
+    img = render.render_fleet(views, tile_width=320, footer="3 endpoints")
+    tile_h = render.BAND_H + 240
+    assert img.shape == (2 * tile_h + render.GAP + render.FOOTER_H, 2 * 320 + render.GAP, 3)
+    stale_views = st.views(100.0)
+    assert all(v.stale for v in stale_views)
+    img2 = render.render_fleet(stale_views, tile_width=320)
+    band = img2[:render.BAND_H, :320]
+    assert (band == render.STALE_BAND_BGR).all(axis=2).mean() > 0.7
+    assert render.text_lines(stale_views[0])[0].split()[1] == "STALE"
+
+
+def test_nothing_yet_is_a_waiting_screen() -> None:
+    img = render.render_fleet([], 400, footer="waiting for tcp://x:1")
+    assert img.shape == (300, 400, 3) and (img.max(axis=2) > 200).sum() > 50
