@@ -1,0 +1,237 @@
+"""``crack-edge bench``: the bare backend against the whole pipeline, on the same frames.
+
+Phase 1 times ``backend.infer`` alone on pre-processed frames.  Phase 2 runs the daemon's own
+pipeline (capture thread reading the same source, inference thread, publish thread, a real PUB
+socket on loopback with a subscriber draining it) in every-frame mode, so no frame is skipped
+and both phases do the same work.  The ratio of the two frame rates is what the pipeline costs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import threading
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+
+from edge.config import EdgeConfig
+
+
+class MemoryReader:
+    """Frames already in memory, as a source (for live sources: captured once, replayed)."""
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        self.images, self.pos, self.fps = images, 0, None
+
+    def read(self) -> tuple[str, np.ndarray | None]:
+        img = self.images[self.pos % len(self.images)]
+        self.pos += 1
+        return "ok", img
+
+    def close(self) -> None:
+        self.images = []
+
+
+def grab_frames(cfg: EdgeConfig, n: int) -> list[np.ndarray]:
+    """n frames of the configured source (looping a short clip), or a clear error."""
+    from edge.capture import SKIP, EOS, SourceError, open_reader, parse_source
+
+    src = cfg.source.model_copy(update={"loop": True, "pace": False})
+    reader = open_reader(parse_source(cfg.source.uri), src)
+    frames: list[np.ndarray] = []
+    try:
+        for _ in range(n * 4):
+            status, frame = reader.read()
+            if status == EOS:
+                break
+            if status != SKIP:
+                frames.append(frame)
+            if len(frames) == n:
+                break
+    finally:
+        reader.close()
+    if not frames:
+        raise SourceError(f"{cfg.source.uri}: no frame could be read")
+    return frames
+
+
+def percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 3) if values else 0.0
+
+
+def bench_bare(backend: Any, pre: Any, images: list[np.ndarray], warmup: int) -> dict[str, Any]:
+    tensors = [pre(img)[0].copy() for img in images]
+    for t in tensors[:warmup]:
+        backend.infer(t)
+    times = []
+    start = time.perf_counter()
+    for t in tensors[warmup:]:
+        t0 = time.perf_counter()
+        backend.infer(t)
+        times.append((time.perf_counter() - t0) * 1000.0)
+    elapsed = time.perf_counter() - start
+    return {"fps": round(len(times) / elapsed, 3), "p50_ms": percentile(times, 50), "p99_ms": percentile(times, 99)}
+
+
+def bench_pipeline(cfg: EdgeConfig, backend: Any, card: Any, size: Any, images: list[np.ndarray],
+                   warmup: int, sha: str) -> dict[str, Any]:
+    import itertools
+
+    import zmq
+
+    from edge.capture import CaptureThread, open_reader, parse_source
+    from edge.pipeline import Pipeline, PipelineIdentity
+    from edge.processing import Preprocessor
+
+    ctx = zmq.Context(1)
+    pub = ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, cfg.publish.send_hwm)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, 200)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(f"tcp://127.0.0.1:{port}")
+    received = {"masks": 0, "bytes": 0}
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                frames = sub.recv_multipart()
+            except zmq.Again:
+                continue
+            if frames[0].startswith(b"mask/"):
+                received["masks"] += 1
+                received["bytes"] += sum(len(f) for f in frames)
+
+    thr = cfg.model.threshold if cfg.model.threshold is not None else card.threshold
+    ident = PipelineIdentity(cfg.vehicle_id, uuid.uuid4().hex, sha, thr, cfg.model.min_component_px,
+                             cfg.publish.frame_jpeg, cfg.publish.jpeg_quality)
+    total = len(images)
+    pipe = Pipeline(backend, Preprocessor(card, size), pub, ident, every_frame=True,
+                    queue_size=cfg.pipeline.queue_size, max_frames=total, wait_subscriber_s=5.0)
+    spec = parse_source(cfg.source.uri)
+    src_cfg = cfg.source.model_copy(update={"loop": True, "pace": False})
+    # Files and folders are decoded again by the capture thread (part of the cost); live
+    # sources replay the frames grabbed for phase 1.
+    opener = (lambda s, c: open_reader(s, c)) if not spec.live else (lambda s, c: MemoryReader(images))
+    cap = CaptureThread(spec, src_cfg, pipe.put_frame, itertools.count(), 1, opener)
+    drainer = threading.Thread(target=drain, daemon=True)
+    drainer.start()
+    pipe.start()
+    pipe.subscribed.wait(5.0)
+    cap.start()
+    t_first = t_last = None
+    while not pipe.done.is_set():
+        n = pipe.counters.published
+        if t_first is None and n >= warmup:
+            t_first, n_first = time.perf_counter(), n
+        if pipe.failure is not None:
+            raise RuntimeError(f"pipeline failed: {pipe.failure}")
+        time.sleep(0.002)
+    t_last = time.perf_counter()
+    cap.stop_event.set()
+    pipe.stop(2.0)
+    cap.join(2.0)
+    stop.set()
+    drainer.join(1.0)
+    latency = list(pipe.times.latency)[warmup:]
+    timed = total - n_first
+    stages = {s: round(float(np.mean(list(d)[warmup:])), 3) if len(d) > warmup else 0.0
+              for s, d in pipe.times.ms.items()}
+    sizes = list(pipe.counters.mask_bytes)
+    sub.close(0)
+    pub.close(0)
+    ctx.term()
+    return {"fps": round(timed / (t_last - t_first), 3) if t_last > t_first else 0.0,
+            "p50_ms": percentile(latency, 50), "p99_ms": percentile(latency, 99),
+            "stages_ms": stages, "message_bytes": int(np.mean(sizes)) if sizes else 0,
+            "received": received["masks"], "drops": pipe.drops}
+
+
+def run_one(cfg: EdgeConfig, frames: int, warmup: int) -> dict[str, Any]:
+    import cv2
+
+    from edge.daemon import build_backend, inference_size, model_and_card
+    from edge.processing import Preprocessor
+    from models.card import sha256_file
+
+    cv2.setNumThreads(cfg.pipeline.cv2_threads)
+    path, card = model_and_card(cfg)
+    backend = build_backend(cfg, path, card)
+    size = inference_size(cfg, card)
+    images = grab_frames(cfg, frames + warmup)
+    images = (images * (-(-(frames + warmup) // len(images))))[:frames + warmup]
+    sha = card.sha256 or sha256_file(path)
+    bare = bench_bare(backend, Preprocessor(card, size), images, warmup)
+    pipe = bench_pipeline(cfg, backend, card, size, images, warmup, sha)
+    info = backend.describe()
+    backend.close()
+    h, w = images[0].shape[:2] if size == "native" else size
+    return {
+        "backend": backend.name, "precision": info.get("precision", cfg.backend.precision or card.precision),
+        "threads": cfg.backend.threads, "model": str(path), "source": cfg.source.uri, "size": f"{h}x{w}",
+        "frames": frames, "bare": bare, "pipeline": pipe,
+        "ratio": round(pipe["fps"] / bare["fps"], 3) if bare["fps"] else 0.0,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+    }
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def table(results: list[dict[str, Any]], mach: dict[str, Any]) -> str:
+    lines = [f"machine: {mach['cpu']}, {mach['cores']} cores, load {mach['load_1min']} at start"]
+    head = (f"{'backend':<12} {'prec':<5} {'size':<9} {'bare fps':>8} {'pipe fps':>8} {'ratio':>6} "
+            f"{'bare p50':>8} {'bare p99':>8} {'pipe p50':>8} {'pipe p99':>8} {'msg B':>7} {'RSS MB':>7}")
+    lines += [head, "-" * len(head)]
+    for r in results:
+        b, p = r["bare"], r["pipeline"]
+        lines.append(f"{r['backend']:<12} {r['precision']:<5} {r['size']:<9} {b['fps']:>8.2f} {p['fps']:>8.2f} "
+                     f"{r['ratio']:>6.2f} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} {p['p50_ms']:>8.1f} "
+                     f"{p['p99_ms']:>8.1f} {p['message_bytes']:>7d} {r['peak_rss_mb']:>7.1f}")
+    for r in results:
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in r["pipeline"]["stages_ms"].items())
+        lines.append(f"stages ms ({r['backend']}): {stages}")
+    lines.append("pipe p50/p99: capture to sent, every-frame mode (includes the wait for the model)")
+    return "\n".join(lines)
+
+
+def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = False, all_backends: bool = False) -> int:
+    import sys
+
+    from edge.backends.base import available_backends
+    from edge.capture import SourceError
+    from edge.daemon import StartupError
+
+    names = available_backends() if all_backends else [cfg.backend.name]
+    mach = machine()
+    results = []
+    for name in names:
+        one = cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"name": name})})
+        try:
+            results.append(run_one(one, frames, warmup))
+        except StartupError as e:
+            print(f"crack-edge bench: {e}", file=sys.stderr)
+            return e.code
+        except SourceError as e:
+            print(f"crack-edge bench: source.uri: {e}", file=sys.stderr)
+            return 66  # EX_NOINPUT
+    if as_json:
+        print(json.dumps({"machine": mach, "results": results}, indent=2))
+    else:
+        print(table(results, mach))
+    return 0

@@ -1,0 +1,297 @@
+"""The daemon's settings: one pydantic model, read from TOML, then ``CRACK_EDGE_*``, then flags.
+
+Precedence is flags > environment > TOML > defaults.  Nested keys reach the environment with a
+double underscore (``CRACK_EDGE_SOURCE__URI``).  Unknown keys and bad values are refused at
+start-up with the key named (:class:`ConfigError`; the daemon exits 78 so systemd stops retrying).
+Each section is its own model so another one (``security`` for CurveZMQ keys) is one field more.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+
+from edge.wire import Defaults
+from models import DEFAULT_MODEL
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "CRACK_EDGE_"
+DEMO_CLIP = Path(__file__).resolve().parent / "demo" / "crackforest.mp4"
+SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the key (or file) at fault."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SourceConfig(Section):
+    uri: str = Field(str(DEMO_CLIP), description=(
+        "What to read: a camera index (0) or /dev/videoN, a GStreamer pipeline (contains '!'), "
+        "rtsp://..., another network URL OpenCV/FFmpeg reads (tcp://, udp://, http://), "
+        "a video file, or a folder of images"))
+    mode: Literal["auto", "every", "latest"] = Field("auto", description=(
+        "'latest': a frame waiting for inference is replaced by a newer one (drops counted, bounded "
+        "latency); 'every': every frame is inferred and published in order, none dropped; "
+        "'auto': every for files and folders, latest for live sources"))
+    loop: bool = Field(True, description="Start a file or folder again at its end (otherwise the daemon stops there)")
+    pace: bool = Field(False, description="Read files and folders at their native frame rate (camera emulation)")
+    fps: float | None = Field(None, gt=0, description=(
+        "Frame rate for pacing when the file has none or for folders (default: the file's own, 10 for folders)"))
+    camera_size: tuple[int, int] | None = Field(None, description="[W, H] to request from a V4L2 camera (default: its own)")
+    read_timeout_s: float = Field(5.0, gt=0, description=(
+        "A read that has not returned after this long is abandoned and the source reconnected"))
+    open_timeout_s: float = Field(10.0, gt=0, description="Opening a source that takes longer counts as a failure")
+    reconnect_min_s: float = Field(0.5, gt=0, description="First wait before reopening a failed source")
+    reconnect_max_s: float = Field(10.0, gt=0, description="Longest wait between reopening attempts (doubling backoff)")
+    max_unreadable: int = Field(25, ge=1, description=(
+        "Consecutive unreadable frames after which the source counts as failed and is reopened"))
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> "SourceConfig":
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"reconnect_max_s ({self.reconnect_max_s}) is below reconnect_min_s ({self.reconnect_min_s})")
+        return self
+
+
+class ModelConfig(Section):
+    path: Path = Field(DEFAULT_MODEL, description="The ONNX model (or a TensorRT .engine); its card NAME.json lies beside it")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="Crack probability threshold (default: the card's)")
+    inference_size: Union[tuple[int, int], Literal["native"], None] = Field(None, description=(
+        "[H, W] the frames are resized to before inference (default: the card's input_size), "
+        "or 'native': the frame's own size padded to a multiple of 4"))
+    verify_sha256: bool = Field(True, description="Refuse a card whose sha256 does not match the model file")
+    min_component_px: int = Field(5, ge=1, description="Smallest connected region, in pixels, counted as a crack")
+
+    @field_validator("inference_size", mode="before")
+    @classmethod
+    def _parse_size(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.strip().lower() == "native":
+                return "native"
+            m = SIZE_RE.match(v)
+            if not m:
+                raise ValueError(f"{v!r} is neither HxW (e.g. 448x448) nor 'native'")
+            return (int(m.group(1)), int(m.group(2)))
+        return v
+
+    @field_validator("inference_size")
+    @classmethod
+    def _multiple_of_4(cls, v: Any) -> Any:
+        if isinstance(v, tuple):
+            h, w = v
+            if h <= 0 or w <= 0 or h % 4 or w % 4:
+                ph, pw = max(4, -(-h // 4) * 4), max(4, -(-w // 4) * 4)
+                raise ValueError(f"{h}x{w} is not a positive multiple of 4; use {ph}x{pw}")
+        return v
+
+
+class BackendConfig(Section):
+    name: str = Field("auto", description="Inference runtime: auto (best present), tensorrt, openvino or onnxruntime")
+    threads: int = Field(0, ge=0, description="Runtime CPU threads (0: the runtime's default)")
+    precision: Literal["fp32", "fp16", "bf16", "int8"] | None = Field(None, description=(
+        "Precision the runtime compiles for, where it offers a choice (default: the model's own)"))
+    cache_dir: Path | None = Field(None, description=(
+        "Where compiled engines are cached (default: $CACHE_DIRECTORY under systemd, else ~/.cache/crack-edge)"))
+    options: dict[str, Any] = Field(default_factory=dict, description="Further runtime-specific options passed to the backend")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from edge.backends.base import BACKENDS
+
+        if v != "auto" and v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        return v
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir is not None:
+            return self.cache_dir
+        if os.environ.get("CACHE_DIRECTORY"):  # set by systemd's CacheDirectory=
+            return Path(os.environ["CACHE_DIRECTORY"].split(":")[0])
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crack-edge"
+
+    def runtime_options(self) -> dict[str, Any]:
+        """What create_backend(**options) receives: only the options that were set."""
+        opts: dict[str, Any] = dict(self.options)
+        if self.threads:
+            opts["threads"] = self.threads
+        if self.precision:
+            opts["precision"] = self.precision
+        opts["cache_dir"] = str(self.resolved_cache_dir())
+        return opts
+
+
+class PublishConfig(Section):
+    endpoint: str = Field(Defaults.ENDPOINT, description="ZeroMQ endpoint the PUB socket binds (tcp://host:port or ipc://path)")
+    send_hwm: int = Field(Defaults.SNDHWM, ge=1, description="Messages queued per subscriber before they are dropped")
+    linger_ms: int = Field(Defaults.LINGER_MS, ge=0, le=10000, description="How long closing the socket may wait for queued messages, ms")
+    heartbeat_ivl_ms: int = Field(Defaults.HEARTBEAT_IVL_MS, ge=0, description="ZMTP PING interval, ms (0: off)")
+    heartbeat_timeout_ms: int = Field(Defaults.HEARTBEAT_TIMEOUT_MS, ge=0, description="A peer silent this long is dropped, ms")
+    heartbeat_ttl_ms: int = Field(Defaults.HEARTBEAT_TTL_MS, ge=0, description="TTL announced to peers in PINGs, ms")
+    status_period_s: float = Field(Defaults.STATUS_PERIOD_S, gt=0, le=60, description="Period of the status/<vehicle_id> heartbeat, s")
+    frame_jpeg: bool = Field(True, description="Attach the frame (at inference resolution) as a JPEG to each mask message")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the attached frame")
+    wait_subscriber_s: float = Field(0.0, ge=0, description=(
+        "Before reading the source, wait up to this long for a first subscriber (0: do not wait)"))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not re.match(r"^(tcp://[^:]+:(\d+|\*)|ipc://.+|inproc://.+)$", v):
+            raise ValueError(f"{v!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555 or ipc:///run/crack-edge/pub")
+        return v
+
+
+class RecordConfig(Section):
+    enabled: bool = Field(False, description="Append every published message to local recordings (viewer's format)")
+    directory: Path = Field(Path("recordings"), description=(
+        "Folder of the recordings (relative paths lie under $STATE_DIRECTORY when systemd sets it)"))
+    prefix: str = Field("edge", min_length=1, description="File name prefix: <prefix>-NNNNNN.crec")
+    max_file_bytes: int = Field(64 * 2**20, ge=4096, description="A file is closed and the next begun beyond this size, bytes")
+    max_total_bytes: int = Field(2**30, ge=4096, description="Oldest files are deleted when all of them exceed this, bytes")
+
+    def resolved_directory(self) -> Path:
+        if not self.directory.is_absolute() and os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / self.directory
+        return self.directory
+
+
+class PipelineConfig(Section):
+    max_frames: int = Field(0, ge=0, description="Stop after publishing this many masks (0: never; for tests and benchmarks)")
+    queue_size: int = Field(4, ge=1, le=256, description="Inferred frames waiting to be published (oldest dropped when full in latest mode)")
+    cv2_threads: int = Field(1, ge=0, le=64, description="OpenCV's worker threads (small: inference needs the cores)")
+    drain_timeout_s: float = Field(3.0, ge=0, le=60, description="On SIGTERM, how long queued frames may still be published, s")
+    stall_s: float = Field(20.0, gt=0, description=(
+        "A pipeline thread silent this long stops the watchdog pings (systemd then restarts the daemon), s"))
+
+
+class EdgeConfig(BaseSettings):
+    """Everything the edge daemon reads at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
+                                      validate_default=True, case_sensitive=False)
+
+    vehicle_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128, description=(
+        "Name of this vehicle in topics (mask/<vehicle_id>); default: the host name"))
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging threshold")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="The camera or file")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model and its post-processing")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="The inference runtime")
+    publish: PublishConfig = Field(default_factory=PublishConfig, description="The ZeroMQ PUB socket and heartbeat")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="Local 'nothing lost' recordings")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Threads, queues and stopping")
+
+    @field_validator("vehicle_id")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", v):
+            raise ValueError(f"{v!r} may only hold letters, digits, '.', '_' and '-' (it is part of a topic)")
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env or secrets files: a daemon's settings come from its unit, its TOML and its flags.
+        return init_settings, env_settings
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """The parsed TOML file, as the lowest-priority source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.data)
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+
+
+def _check_env_names(environ: dict[str, str]) -> None:
+    # pydantic-settings ignores unknown variables; a typo in a unit's Environment= must not be silent.
+    known = set(EdgeConfig.model_fields)
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX):
+            top = name[len(ENV_PREFIX):].lower().split("__")[0]
+            if top not in known:
+                raise ConfigError(f"{name}: unknown setting {top!r} (known: {', '.join(sorted(known))})")
+
+
+def format_validation_error(e: ValidationError, origin: str = "") -> str:
+    lines = []
+    for err in e.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = err.get("input")
+        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"{key}: {msg}{shown}")
+    where = f"{origin}: " if origin else ""
+    return where + "invalid setting" + ("s" if len(lines) > 1 else "") + ": " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
+    """Build the config: ``overrides`` (from flags, nested dicts) > CRACK_EDGE_* > TOML file > defaults."""
+    data = read_toml(path) if path is not None else {}
+    _check_env_names(dict(os.environ))
+
+    class _FromFile(EdgeConfig):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                       file_secret_settings):
+            return init_settings, env_settings, _DictSource(settings_cls, data)
+
+    origin = str(path) if path is not None else "config"
+    try:
+        loaded = _FromFile(**(overrides or {}))
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    except SettingsError as e:  # an environment variable that does not parse
+        raise ConfigError(f"environment: {e}") from None
+    # Re-validate as the public class so callers never see the local subclass.
+    return EdgeConfig.model_construct(**{k: getattr(loaded, k) for k in EdgeConfig.model_fields})
+
+
+def nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'source.uri': x} -> {'source': {'uri': x}}, skipping None (flags left unset)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if value is None:
+            continue
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out

@@ -1,0 +1,327 @@
+"""Capture -> inference -> publish, overlapped in threads joined by bounded queues.
+
+    capture thread --frames--> inference thread --results--> publish thread --> PUB socket
+                                                                   ^--- status headers (daemon tick)
+
+In "latest" mode a full queue drops its oldest item (counted), so a camera faster than the
+model never builds latency; in "every" mode (files, folders) the producer waits instead, so
+every frame is published in order.  The publish thread is the only user of the socket (ZeroMQ
+sockets are not thread-safe); it sends with NOBLOCK, so a slow or absent viewer never blocks it.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from edge import wire
+from edge.capture import Captured
+from edge.processing import Preprocessor, measure, threshold
+
+log = logging.getLogger(__name__)
+
+STAGES = ("capture", "preprocess", "infer", "postprocess", "encode", "publish")
+
+
+class FrameQueue:
+    """Bounded queue: ``drop_oldest`` makes put() never wait (latest wins), else put() waits."""
+
+    def __init__(self, maxsize: int, drop_oldest: bool) -> None:
+        self.items: collections.deque = collections.deque()
+        self.maxsize = maxsize
+        self.drop_oldest = drop_oldest
+        self.dropped = 0
+        self.cond = threading.Condition()
+
+    def put(self, item: Any, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """False when given up because ``should_stop()`` turned true while waiting."""
+        with self.cond:
+            if self.drop_oldest:
+                while len(self.items) >= self.maxsize:
+                    self.items.popleft()
+                    self.dropped += 1
+            else:
+                while len(self.items) >= self.maxsize:
+                    if should_stop():
+                        return False
+                    self.cond.wait(0.1)
+            self.items.append(item)
+            self.cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Any | None:
+        with self.cond:
+            if not self.items:
+                self.cond.wait(timeout)
+            if not self.items:
+                return None
+            item = self.items.popleft()
+            self.cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class StageTimes:
+    """Recent per-stage durations in ms (bounded), for the heartbeat and the bench."""
+
+    def __init__(self, keep: int = 512) -> None:
+        self.ms: dict[str, collections.deque] = {s: collections.deque(maxlen=keep) for s in STAGES}
+        self.latency: collections.deque = collections.deque(maxlen=keep)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.ms[stage].append(seconds * 1000.0)
+
+    def mean(self, stage: str) -> float:
+        d = self.ms[stage]
+        return sum(d) / len(d) if d else 0.0
+
+    def summary(self) -> dict[str, float]:
+        return {s: round(self.mean(s), 3) for s in STAGES}
+
+
+@dataclass
+class Inferred:
+    captured: Captured
+    prob: np.ndarray          # [H, W] crack probability at inference resolution
+    seen: np.ndarray          # the BGR image the model saw (for the optional JPEG)
+    infer_ms: float
+
+
+@dataclass
+class PipelineIdentity:
+    """What every header repeats: who, which run, which model."""
+    vehicle_id: str
+    run_id: str
+    model_sha256: str
+    threshold: float
+    min_component_px: int
+    frame_jpeg: bool
+    jpeg_quality: int
+
+
+@dataclass
+class Counters:
+    published: int = 0          # mask messages handed to the socket
+    status_sent: int = 0
+    drops_publish: int = 0      # EAGAIN on send
+    record_errors: int = 0
+    last_frame_index: int = -1
+    last_size: tuple[int, int] = (0, 0)
+    mask_bytes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=256))
+
+
+class Pipeline:
+    """Owns the inference and publish threads; the capture side puts into :attr:`frames`."""
+
+    def __init__(self, backend: Any, pre: Preprocessor, socket: zmq.Socket, ident: PipelineIdentity, *,
+                 every_frame: bool, queue_size: int, max_frames: int = 0, recorder: Any = None,
+                 wait_subscriber_s: float = 0.0) -> None:
+        self.backend = backend
+        self.pre = pre
+        self.socket = socket
+        self.ident = ident
+        self.every_frame = every_frame
+        self.max_frames = max_frames
+        self.recorder = recorder
+        self.wait_subscriber_s = wait_subscriber_s
+        self.frames = FrameQueue(1, drop_oldest=not every_frame)
+        self.results = FrameQueue(queue_size, drop_oldest=not every_frame)
+        self.times = StageTimes()
+        self.counters = Counters()
+        self.stop_event = threading.Event()
+        self.done = threading.Event()          # max_frames published
+        self.subscribed = threading.Event()    # a first subscription seen on the XPUB socket
+        self.failure: BaseException | None = None
+        self._status: list[dict[str, Any]] = []
+        self._status_lock = threading.Lock()
+        self.beats = {"inference": time.monotonic(), "publish": time.monotonic()}
+        self.busy = {"inference": False, "publish": False}
+        self.seq = {"mask": 0, "status": 0}
+        self.infer_thread = threading.Thread(target=self._guard, args=("inference", self._infer_loop),
+                                             name="inference", daemon=True)
+        self.publish_thread = threading.Thread(target=self._guard, args=("publish", self._publish_loop),
+                                               name="publish", daemon=True)
+
+    # ------------------------------------------------------------ control (daemon thread)
+
+    def start(self) -> None:
+        self.infer_thread.start()
+        self.publish_thread.start()
+
+    def put_frame(self, item: Captured, should_stop: Callable[[], bool]) -> bool:
+        """The capture thread's sink."""
+        return self.frames.put(item, lambda: should_stop() or self.stop_event.is_set())
+
+    def send_status(self, header: dict[str, Any]) -> None:
+        """Queue a status heartbeat; the publish thread sends it within ~50 ms."""
+        with self._status_lock:
+            self._status = [header]  # an unsent older heartbeat is stale: replace it
+
+    def idle(self) -> bool:
+        return not (len(self.frames) or len(self.results) or self.busy["inference"] or self.busy["publish"])
+
+    def healthy(self, now: float, stall_s: float) -> bool:
+        """Both threads alive and looping recently (the watchdog's criterion)."""
+        return (self.infer_thread.is_alive() and self.publish_thread.is_alive()
+                and all(now - b < stall_s for b in self.beats.values()))
+
+    def stop(self, timeout: float) -> bool:
+        """Stop both threads; True when they ended within ``timeout``."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for t in (self.infer_thread, self.publish_thread):
+            if t.is_alive():
+                t.join(max(0.0, deadline - time.monotonic()))
+        return not (self.infer_thread.is_alive() or self.publish_thread.is_alive())
+
+    @property
+    def drops(self) -> dict[str, int]:
+        return {"capture": self.frames.dropped, "inference": self.results.dropped,
+                "publish": self.counters.drops_publish}
+
+    # ------------------------------------------------------------ threads
+
+    def _guard(self, name: str, loop: Callable[[], None]) -> None:
+        try:
+            loop()
+        except BaseException as e:  # a dead pipeline thread must end the daemon, not hang it
+            self.failure = e
+            log.exception("pipeline thread died thread=%s", name)
+
+    def _infer_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self.beats["inference"] = time.monotonic()
+            item: Captured | None = self.frames.get(0.1)
+            if item is None:
+                continue
+            self.busy["inference"] = True
+            try:
+                t0 = time.perf_counter()
+                self.times.add("capture", item.read_s)
+                tensor, seen = self.pre(item.image)
+                t1 = time.perf_counter()
+                out = self.backend.infer(tensor)
+                t2 = time.perf_counter()
+                h, w = seen.shape[:2]
+                prob = out[0, 0, :h, :w]  # crop the padding of 'native' size
+                self.times.add("preprocess", t1 - t0)
+                self.times.add("infer", t2 - t1)
+                # The preprocessor reuses its buffer: keep a copy of what the model saw.
+                keep_seen = seen.copy() if self.ident.frame_jpeg else seen[:0]
+                self.results.put(Inferred(item, prob, keep_seen, (t2 - t1) * 1000.0), self.stop_event.is_set)
+            finally:
+                self.busy["inference"] = False
+
+    def _publish_loop(self) -> None:
+        if self.wait_subscriber_s > 0:
+            self._wait_subscriber()
+        while True:
+            self.beats["publish"] = time.monotonic()
+            self._flush_status()
+            self._drain_subscriptions()
+            if self.stop_event.is_set() and not len(self.results):
+                break
+            item: Inferred | None = self.results.get(0.05)
+            if item is None:
+                continue
+            self.busy["publish"] = True
+            try:
+                self._publish_mask(item)
+            finally:
+                self.busy["publish"] = False
+        self._flush_status()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def _wait_subscriber(self) -> None:
+        deadline = time.monotonic() + self.wait_subscriber_s
+        while time.monotonic() < deadline and not self.subscribed.is_set() and not self.stop_event.is_set():
+            self.beats["publish"] = time.monotonic()
+            self._flush_status()
+            if self.socket.poll(50, zmq.POLLIN):
+                self._drain_subscriptions()
+
+    def _drain_subscriptions(self) -> None:
+        # XPUB hands us (un)subscriptions; reading them keeps its queue empty and tells us a viewer came.
+        while True:
+            try:
+                msg = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if msg[:1] == b"\x01":
+                self.subscribed.set()
+
+    def _send(self, frames: list[bytes]) -> bool:
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def _flush_status(self) -> None:
+        with self._status_lock:
+            pending, self._status = self._status, []
+        for header in pending:
+            header = {**header, "seq": self.seq["status"], "t_publish": time.time()}
+            self.seq["status"] += 1
+            if self._send(wire.encode_status(header)):
+                self.counters.status_sent += 1
+
+    def _publish_mask(self, item: Inferred) -> None:
+        if self.max_frames and self.counters.published >= self.max_frames:
+            return
+        ident = self.ident
+        t0 = time.perf_counter()
+        mask = threshold(item.prob, ident.threshold)
+        m = measure(mask, ident.min_component_px)
+        t1 = time.perf_counter()
+        png = wire.png_b64(mask)
+        jpeg = wire.jpeg_b64(item.seen, ident.jpeg_quality) if ident.frame_jpeg else None
+        h, w = mask.shape
+        header = {
+            "vehicle_id": ident.vehicle_id, "run_id": ident.run_id, "seq": self.seq["mask"],
+            "frame_index": item.captured.index, "t_capture": item.captured.t_capture, "t_publish": time.time(),
+            "infer_ms": round(item.infer_ms, 3), "model_sha256": ident.model_sha256, "width": w, "height": h,
+            "crack_ratio": round(m.ratio, 6), "crack_count": m.count, "crack_length_px": m.length_px,
+            "crack_max_width_px": m.max_width_px, "threshold": ident.threshold,
+        }
+        frames = wire.encode_mask(header, png, jpeg)
+        t2 = time.perf_counter()
+        self.seq["mask"] += 1  # a gap in seq tells a viewer a message was lost after this point
+        sent = self._send(frames)
+        t3 = time.perf_counter()
+        if not sent:
+            self.counters.drops_publish += 1
+        if self.recorder is not None:
+            self._record(frames)
+        self.times.add("postprocess", t1 - t0)
+        self.times.add("encode", t2 - t1)
+        self.times.add("publish", t3 - t2)
+        self.times.latency.append((time.time() - item.captured.t_capture) * 1000.0)
+        c = self.counters
+        c.published += 1
+        c.last_frame_index = item.captured.index
+        c.last_size = (h, w)
+        c.mask_bytes.append(sum(len(f) for f in frames))
+        if self.max_frames and c.published >= self.max_frames:
+            self.done.set()
+
+    def _record(self, frames: list[bytes]) -> None:
+        from edge.recording import RecordingError
+
+        try:
+            self.recorder.write(frames, time.time())
+        except RecordingError as e:
+            # The live stream matters more than the recording: say it once, keep publishing.
+            log.error("recording stopped error=%r (streaming continues)", str(e))
+            self.counters.record_errors += 1
+            self.recorder.close()
+            self.recorder = None

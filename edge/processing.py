@@ -1,0 +1,161 @@
+"""Pre-processing as the model card says, thresholding, and the crack measures.
+
+Everything runs at inference resolution on buffers allocated once per size: on a 2-core box
+the runtime needs the cores, so these steps must stay a few milliseconds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from models.card import ModelCard
+
+
+@dataclass(frozen=True)
+class CrackMeasures:
+    ratio: float          # crack pixels / all pixels of the mask
+    count: int            # 8-connected regions of at least min_component_px pixels
+    length_px: float      # pixels of their 1-pixel-wide skeleton
+    max_width_px: float   # 2 * max(distance to background) - 1
+
+
+def padded(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class Preprocessor:
+    """BGR uint8 frame -> float32 [1,3,H,W] normalised as the card says (one buffer per size).
+
+    ``size`` is (H, W) to resize to, or "native": the frame's own size, zero-padded on the right
+    and bottom to the card's ``size_multiple``; ``valid`` then says what to crop the output to.
+    """
+
+    def __init__(self, card: ModelCard, size: tuple[int, int] | str) -> None:
+        self.card = card
+        self.size = size
+        self.swap_rb = card.channel_order == "RGB"
+        std = np.asarray(card.std, np.float32)
+        self.scale = (1.0 / std).reshape(3, 1, 1)
+        self.offset = (-np.asarray(card.mean, np.float32) / std).reshape(3, 1, 1)
+        self._tensor: np.ndarray | None = None
+        self._resized: np.ndarray | None = None
+
+    def output_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the mask for a frame of this size."""
+        return frame_hw if self.size == "native" else self.size  # type: ignore[return-value]
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (tensor [1,3,Hp,Wp], the BGR image the model saw, at mask size)."""
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        fh, fw = frame.shape[:2]
+        if self.size == "native":
+            h, w = fh, fw
+            ph, pw = padded(h, self.card.size_multiple), padded(w, self.card.size_multiple)
+            seen = frame
+        else:
+            h, w = self.size  # type: ignore[misc]
+            ph, pw = h, w
+            if (fh, fw) == (h, w):
+                seen = frame
+            else:
+                if self._resized is None or self._resized.shape[:2] != (h, w):
+                    self._resized = np.empty((h, w, 3), np.uint8)
+                # INTER_AREA when shrinking keeps thin cracks visible; LINEAR is cheaper when enlarging.
+                interp = cv2.INTER_AREA if fh > h or fw > w else cv2.INTER_LINEAR
+                seen = cv2.resize(frame, (w, h), dst=self._resized, interpolation=interp)
+        if self._tensor is None or self._tensor.shape[2:] != (ph, pw):
+            self._tensor = np.zeros((1, 3, ph, pw), np.float32)  # padding stays zero
+        src = seen[:, :, ::-1] if self.swap_rb else seen
+        view = self._tensor[0, :, :h, :w]
+        # uint8 HWC -> float32 CHW in place: (x - mean) / std == x * scale + offset
+        np.multiply(src.transpose(2, 0, 1), self.scale, out=view, casting="unsafe")
+        view += self.offset
+        return self._tensor, seen
+
+
+def threshold(prob: np.ndarray, thr: float) -> np.ndarray:
+    """[H,W] probability -> uint8 mask, 255 where prob > thr (the wire's PNG values)."""
+    _, mask = cv2.threshold(np.ascontiguousarray(prob, np.float32), thr, 255, cv2.THRESH_BINARY)
+    return mask.astype(np.uint8)
+
+
+def _zhang_suen_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Which 8-neighbourhoods (bit k = neighbour P(k+2), clockwise from north) each pass deletes."""
+    first = np.zeros(256, bool)
+    second = np.zeros(256, bool)
+    for code in range(256):
+        p = [(code >> k) & 1 for k in range(8)]  # P2..P9
+        b = sum(p)
+        a = sum(1 for k in range(8) if p[k] == 0 and p[(k + 1) % 8] == 1)
+        if not (2 <= b <= 6 and a == 1):
+            continue
+        p2, p4, p6, p8 = p[0], p[2], p[4], p[6]
+        first[code] = p2 * p4 * p6 == 0 and p4 * p6 * p8 == 0
+        second[code] = p2 * p4 * p8 == 0 and p2 * p6 * p8 == 0
+    return first, second
+
+
+_PASSES = _zhang_suen_tables()
+# (dy, dx) of P2..P9: north, then clockwise; and the same as a correlation kernel of bit weights.
+_NEIGHBOURS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))
+_CODE_KERNEL = np.zeros((3, 3), np.float32)
+for _bit, (_dy, _dx) in enumerate(_NEIGHBOURS):
+    _CODE_KERNEL[1 + _dy, 1 + _dx] = 1 << _bit
+
+
+def skeleton_length(mask: np.ndarray) -> int:
+    """Pixels of the Zhang-Suen skeleton (1 pixel wide, 8-connected) of a 0/255 mask.
+
+    The mask needs a background border.  Sparse masks (real cracks) visit only their own
+    pixels; dense ones (an untrained model's noise) use one 3x3 correlation per pass instead.
+    """
+    img = (mask > 0).astype(np.uint8)
+    ys, xs = np.nonzero(img)
+    dense = len(ys) > img.size // 8
+    while True:
+        changed = False
+        for table in _PASSES:
+            if dense:
+                codes = cv2.filter2D(img, cv2.CV_32F, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT)
+                delete_img = table[codes.astype(np.uint8)] & (img > 0)
+                if delete_img.any():
+                    img[delete_img] = 0
+                    changed = True
+                continue
+            code = np.zeros(len(ys), np.uint8)
+            for bit, (dy, dx) in enumerate(_NEIGHBOURS):
+                code |= img[ys + dy, xs + dx] << bit
+            delete = table[code]
+            if delete.any():
+                img[ys[delete], xs[delete]] = 0
+                ys, xs = ys[~delete], xs[~delete]
+                changed = True
+        if not changed:
+            return int(cv2.countNonZero(img)) if dense else len(ys)
+
+
+def measure(mask: np.ndarray, min_component_px: int = 5) -> CrackMeasures:
+    """Pixel ratio, number of cracks, length and maximum width (pixels) of a 0/255 mask."""
+    total = mask.size
+    on = cv2.countNonZero(mask)
+    if on == 0:
+        return CrackMeasures(0.0, 0, 0.0, 0.0)
+    x, y, w, h = cv2.boundingRect(mask)
+    # One pixel of background around the crop so the distance transform sees the border.
+    roi = np.zeros((h + 2, w + 2), np.uint8)
+    roi[1:-1, 1:-1] = mask[y:y + h, x:x + w]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(roi, connectivity=8)
+    keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_component_px) + 1
+    if len(keep) == 0:
+        return CrackMeasures(on / total, 0, 0.0, 0.0)
+    if len(keep) < n - 1:
+        roi = np.where(np.isin(labels, keep), np.uint8(255), np.uint8(0))
+    dist = cv2.distanceTransform(roi, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    length = float(skeleton_length(roi))
+    width = max(1.0, 2.0 * float(dist.max()) - 1.0)
+    return CrackMeasures(on / total, int(len(keep)), length, round(width, 2))
