@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from trainer.config import TrainSettings, load_settings
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 
 log = logging.getLogger("trainer")
 
@@ -89,6 +89,68 @@ def cmd_labels(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"size {text!r}: write HxW, e.g. 448x448") from e
+    return h, w
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from trainer.evaluate import run_eval
+    from trainer.loop import pick_device
+
+    out = ns.out or Path("runs/eval") / f"{ns.model.stem}-{Path(ns.data).name}-{ns.split}-{ns.mode}"
+    r = run_eval(ns.model, ns.data, ns.split, out, mode=ns.mode, threshold=ns.threshold,
+                 pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction, val_seed=ns.val_seed,
+                 max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
+                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card)
+    m = r["metrics"]
+    print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} ({r['threshold_source']}): "
+          f"F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} R {m['strict']['recall']:.4f} "
+          f"F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  {r['ms_per_image']:.0f} ms/image")
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_export(ns: argparse.Namespace) -> int:
+    from trainer.export import export
+
+    card = export(ns.checkpoint, ns.out, threshold=ns.threshold, name=ns.name, parity_size=ns.parity_size)
+    print(f"{ns.out}: params {card['params']}, {card['gflops']} GFLOPs, threshold {card['threshold']:.2f}, "
+          f"sha256 {card['sha256'][:12]}…; card {Path(ns.out).with_suffix('.json')}")
+    return 0
+
+
+def cmd_profile(ns: argparse.Namespace) -> int:
+    import json
+
+    from trainer.profile import profile
+
+    try:
+        r = profile(ns.arch, ns.size)
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from e
+    print(json.dumps(r) if ns.json else f"{r['arch']}: {r['params']:,} parameters, "
+          f"{r['gflops']} GFLOPs at {ns.size[0]}x{ns.size[1]} (2 x multiply-adds)")
+    return 0
+
+
+def cmd_engine(ns: argparse.Namespace) -> int:
+    from trainer.data import DataSpec, list_pairs
+    from trainer.engine import build_engine
+
+    pairs = []
+    for text in ns.data or []:
+        spec = DataSpec.parse(text)
+        pairs += list_pairs(spec.root, spec.split)
+    out = ns.out or ns.onnx.with_suffix(f".{ns.precision}.engine")
+    build_engine(ns.onnx, out, ns.precision, ns.size, ns.max_size, pairs, ns.calib_images, ns.calib_cache)
+    print(f"engine: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="crack-train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -110,6 +172,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plain", action="store_true", help="no teacher: hard labels only (the baseline)")
     _add_settings_flags(p)
     p.set_defaults(func=cmd_student)
+
+    p = sub.add_parser("eval", help="judge a checkpoint or ONNX file on a split, as the daemon runs it")
+    p.add_argument("--model", type=Path, required=True, help="NAME.onnx (with NAME.json) or a checkpoint .pt")
+    p.add_argument("--data", type=Path, default=Path("../shared/datasets/crackforest"), help="dataset folder")
+    p.add_argument("--split", default="test", help="test, val (carved from train unless the set has one), train...")
+    p.add_argument("--mode", choices=("resize", "native"), default="resize",
+                   help="resize to the model's input size and back (daemon default) or native size padded to 4")
+    p.add_argument("--threshold", type=float, help="fixed threshold (default: the card's / the run's validation pick)")
+    p.add_argument("--pick-threshold", action="store_true", help="choose the threshold with the best F1(2px); val only")
+    p.add_argument("--write-card", action="store_true", help="record the figures (and a picked threshold) in the card")
+    p.add_argument("--out", type=Path, help="report folder (default runs/eval/MODEL-DATA-SPLIT-MODE)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="as in training: share of train carved as val")
+    p.add_argument("--val-seed", type=int, default=0, help="as in training: seed of the val carve")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--worst", type=int, default=4, help="overlay images written for the N worst images")
+    p.add_argument("--figure-rows", type=int, default=4, help="rows of photo | ground truth | prediction in figure.png")
+    p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda")
+    p.add_argument("--threads", type=int, help="CPU threads of the runtime")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="checkpoint -> ONNX (opset 17) + model card, parity-checked")
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of a run")
+    p.add_argument("--out", type=Path, required=True, help="NAME.onnx; the card goes to NAME.json")
+    p.add_argument("--threshold", type=float, help="card threshold (default: the run's validation pick)")
+    p.add_argument("--name", help="model name in the card (default: the file name)")
+    p.add_argument("--parity-size", type=_size, help="HxW of the parity check input (default: the input size)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("profile", help="parameters and GFLOPs (2 x multiply-adds) of a variant")
+    p.add_argument("--arch", required=True, help="registered variant: student, teacher, student-mcld")
+    p.add_argument("--size", type=_size, default=(448, 448), help="input HxW (default 448x448)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("engine", help="TensorRT engine (fp16 / int8) where TensorRT is installed")
+    p.add_argument("--onnx", type=Path, required=True, help="exported NAME.onnx")
+    p.add_argument("--out", type=Path, help="engine path (default NAME.PRECISION.engine)")
+    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16", help="engine precision")
+    p.add_argument("--size", type=_size, default=(448, 448), help="input HxW the engine is tuned for")
+    p.add_argument("--max-size", type=_size, help="largest HxW accepted (default: only --size)")
+    p.add_argument("--data", nargs="+", help="INT8 calibration images: PATH[:SPLIT] (training data only)")
+    p.add_argument("--calib-images", type=int, default=64, help="how many calibration images")
+    p.add_argument("--calib-cache", type=Path, help="calibration cache (default NAME.calib; reused when present)")
+    p.set_defaults(func=cmd_engine)
     return ap
 
 
@@ -122,7 +228,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return ns.func(ns)
     except TrainerError as e:
-        log.error("event=error status=%d %s", e.exit_code, e)
         print(f"crack-train {ns.command}: {e}", file=sys.stderr)
         return e.exit_code
     except Interrupted:

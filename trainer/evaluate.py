@@ -1,0 +1,186 @@
+"""``crack-train eval``: judge a checkpoint or an ONNX file on one split, as the daemon runs it.
+
+Each image is predicted whole (``resize`` to the model's input size and back, or ``native`` size
+padded to a multiple of 4), and every metric of :mod:`trainer.metrics` is accumulated at the
+original size against the raw ground truth.  Writes ``report.json``, overlays of the worst images
+(green: found crack, red: false alarm, blue: missed crack) and ``figure.png`` (photo | ground truth |
+prediction for a few images spread from worst to best).
+
+The threshold comes from, in order: ``--threshold``; ``--pick-threshold`` (only on a validation
+split: the threshold with the best F1(2px) over a grid); the model card (ONNX) or the threshold the
+training run picked on validation (checkpoint).  Test data never chooses a threshold.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
+from trainer.errors import ConfigError, MissingInput
+from trainer.inference import OnnxPredictor, TorchPredictor, predict_image
+from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    predict: Any
+    kind: str
+    input_size: tuple[int, int]
+    threshold: float
+    threshold_source: str
+    sha256: str
+
+
+def load_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> LoadedModel:
+    """A predictor for an ``.onnx`` file (through the daemon's ONNX Runtime backend) or a checkpoint."""
+    from models.card import sha256_file
+
+    path = Path(path)
+    if not path.exists():
+        raise MissingInput(f"{path}: model not found")
+    if path.suffix == ".onnx":
+        p = OnnxPredictor(path, threads)
+        return LoadedModel(p, "onnx", tuple(p.card.input_size), p.card.threshold, "card", sha256_file(path))
+    from models import variant_defaults
+    from trainer.labels import load_checkpoint
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    net, meta = load_checkpoint(path, device)
+    thr = float(meta.get("val", {}).get("val_threshold", 0.5))
+    return LoadedModel(TorchPredictor(net, device, meta.get("deploy_temperature", 1.0)), "checkpoint",
+                       tuple(variant_defaults(meta["arch"]).input_size), thr, "training validation",
+                       sha256_file(path))
+
+
+def score(predict, pairs: Sequence[Pair], mode: str, size: tuple[int, int],
+          thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[MetricSet, dict[str, np.ndarray], float]:
+    """Accumulate metrics over ``pairs``; returns (metrics, probability maps by name, ms per image)."""
+    ms = MetricSet(thresholds=thresholds)
+    probs: dict[str, np.ndarray] = {}
+    elapsed = 0.0
+    for pair in pairs:
+        img, gt = read_pair(pair)
+        t0 = time.perf_counter()
+        prob = predict_image(predict, img, mode, size)
+        elapsed += time.perf_counter() - t0
+        ms.update(prob, gt, pair.name)
+        probs[pair.name] = prob
+    return ms, probs, 1000 * elapsed / max(len(pairs), 1)
+
+
+def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The photo, dimmed, with found crack green, false alarms red and missed crack blue (BGR)."""
+    out = (img.astype(np.float32) * 0.6).astype(np.uint8)
+    out[pred & gt] = (0, 255, 0)
+    out[pred & ~gt] = (0, 0, 255)
+    out[~pred & gt] = (255, 0, 0)
+    return out
+
+
+def _caption(img: np.ndarray, text: str) -> np.ndarray:
+    bar = np.full((22, img.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.vstack([bar, img])
+
+
+def side_by_side(img: np.ndarray, gt: np.ndarray, pred: np.ndarray, name: str, f1_tol: float) -> np.ndarray:
+    grey = lambda m: cv2.cvtColor(m.astype(np.uint8) * 255, cv2.COLOR_GRAY2BGR)  # noqa: E731
+    sep = np.full((img.shape[0], 4, 3), 255, np.uint8)
+    row = np.hstack([img, sep, grey(gt), sep, grey(pred)])
+    return _caption(row, f"{name}: photo | ground truth | prediction   F1(2px) {f1_tol:.3f}")
+
+
+def _fit_width(rows: list[np.ndarray]) -> list[np.ndarray]:
+    w = max(r.shape[1] for r in rows)
+    return [cv2.copyMakeBorder(r, 0, 0, 0, w - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)) for r in rows]
+
+
+def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Path, mode: str = "resize",
+             threshold: float | None = None, pick_threshold: bool = False, val_fraction: float = 0.1,
+             val_seed: int = 0, max_images: int = 0, worst: int = 4, figure_rows: int = 4,
+             device: str = "cpu", threads: int | None = None, write_card: bool = False) -> dict[str, Any]:
+    """Evaluate, write the report, overlays and figure under ``out_dir``; returns the report."""
+    if pick_threshold and split not in VAL_ALIASES:
+        raise ConfigError(f"--pick-threshold chooses on validation only; split {split!r} is not one of "
+                          f"{', '.join(VAL_ALIASES)}")
+    if pick_threshold and threshold is not None:
+        raise ConfigError("give either --threshold or --pick-threshold, not both")
+    if mode not in ("resize", "native"):
+        raise ConfigError(f"mode {mode!r}: choose resize or native")
+    m = load_model(model, device, threads)
+    pairs = list_pairs(data, split, val_fraction, val_seed)
+    if max_images and len(pairs) > max_images:
+        pairs = pairs[:max_images]
+    thresholds = sorted(set(DEFAULT_THRESHOLDS) | ({round(threshold, 4)} if threshold is not None else set())
+                        | {round(m.threshold, 4)})
+    log.info("event=eval model=%s data=%s split=%s images=%d mode=%s", model, data, split, len(pairs), mode)
+    ms, probs, ms_per_image = score(m.predict, pairs, mode, m.input_size, thresholds)
+    if threshold is not None:
+        thr, source = round(threshold, 4), "flag"
+    elif pick_threshold:
+        thr, source = ms.best_threshold(), f"picked on {split} (best F1 2px)"
+    else:
+        thr, source = round(m.threshold, 4), m.threshold_source
+    summary = ms.summary(thr)
+    per_image = sorted(ms.images_at(thr), key=lambda r: r.f1_tol)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_name = {p.name: p for p in pairs}
+    worst_rows = per_image[:worst]
+    for r in worst_rows:
+        img, gt = read_pair(by_name[r.name])
+        cv2.imwrite(str(out_dir / f"worst_{r.name}.png"),
+                    _caption(overlay(img, gt, probs[r.name] >= thr), f"{r.name} F1(2px) {r.f1_tol:.3f}"))
+    if per_image and figure_rows:
+        idx = sorted({round(i * (len(per_image) - 1) / max(figure_rows - 1, 1)) for i in range(figure_rows)})
+        rows = []
+        for i in idx:
+            r = per_image[i]
+            img, gt = read_pair(by_name[r.name])
+            rows.append(side_by_side(img, gt, probs[r.name] >= thr, r.name, r.f1_tol))
+        cv2.imwrite(str(out_dir / "figure.png"), np.vstack(_fit_width(rows)))
+    report = {
+        "model": str(model), "model_sha256": m.sha256, "kind": m.kind, "data": str(data), "split": split,
+        "images": len(pairs), "mode": mode, "input_size": list(m.input_size) if mode == "resize" else "native/4",
+        "threshold": thr, "threshold_source": source, "metrics": summary,
+        "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),
+        "per_image": [r.__dict__ for r in per_image], "worst": [r.name for r in worst_rows],
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if write_card:
+        _update_card(model, report, pick_threshold)
+    log.info("event=eval_done split=%s threshold=%.2f f1_tol=%.4f f1=%.4f iou=%.4f ms_per_image=%.0f report=%s",
+             split, thr, summary["tol2"]["f1"], summary["strict"]["f1"], summary["strict"]["iou"], ms_per_image,
+             out_dir / "report.json")
+    return report
+
+
+def _update_card(model: str | Path, report: dict[str, Any], picked: bool) -> None:
+    """Record the figures in the ONNX file's card; a picked threshold becomes the card's threshold."""
+    from models.card import load_card, write_card
+
+    if Path(model).suffix != ".onnx":
+        raise ConfigError("--write-card needs an .onnx model with its card")
+    card = load_card(model)
+    key = f"{Path(report['data']).name}:{report['split']}@{report['mode']}"
+    s = report["metrics"]
+    card.metrics[key] = {"images": report["images"], "threshold": report["threshold"],
+                         "threshold_source": report["threshold_source"], "strict": s["strict"], "tol2": s["tol2"],
+                         "published_A": s["published_A"], "published_M": s["published_M"],
+                         "ms_per_image": report["ms_per_image"], "input_size": report["input_size"]}
+    card.metrics["definitions"] = s["definitions"]
+    if picked:
+        card.threshold = report["threshold"]
+    write_card(card, model)

@@ -1,0 +1,104 @@
+"""``crack-train export``: a checkpoint's deploy output to ONNX, checked, with its model card.
+
+The ONNX file follows the model contract: input ``image`` float32 [N,3,H,W] (BGR, (x-127.5)/127.5),
+output ``crack_prob`` float32 [N,1,H,W], N, H and W dynamic (H, W multiples of 4), opset 17.  The
+deploy output is ``softmax(mix / t_real)``'s crack channel, t_real from the checkpoint.  The same
+facts are written into the ONNX metadata, so a runtime can read them without the card.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.errors import DataError
+
+log = logging.getLogger(__name__)
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportError(DataError):
+    """The exported file does not reproduce PyTorch."""
+
+
+def parity(head, onnx_path: Path, shapes: list[tuple[int, int, int, int]], seed: int = 0) -> float:
+    """Largest |PyTorch - ONNX Runtime| over random inputs of the given shapes."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for shape in shapes:
+        x = rng.uniform(-1, 1, shape).astype(np.float32)
+        with torch.inference_mode():
+            ref = head(torch.from_numpy(x)).numpy()
+        got = sess.run(["crack_prob"], {"image": x})[0]
+        if got.shape != ref.shape:
+            raise ExportError(f"{onnx_path}: output shape {got.shape} for input {shape}, PyTorch gives {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def export(checkpoint: str | Path, out: str | Path, threshold: float | None = None,
+           name: str | None = None, parity_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write ``out`` (.onnx) and its card; returns the card as a dict (with ``parity_max_abs_diff``)."""
+    import onnx
+    import torch
+
+    from models import variant_defaults
+    from models.card import ModelCard, sha256_file, write_card
+    from models.mcff import DeployHead
+    from trainer.labels import load_checkpoint
+    from trainer.profile import profile
+
+    out = Path(out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output must end in .onnx (its card goes beside it as .json)")
+    net, meta = load_checkpoint(checkpoint, "cpu")
+    head = DeployHead(net, meta.get("deploy_temperature", 1.0)).eval()
+    defaults = variant_defaults(meta["arch"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dyn = {0: "N", 2: "H", 3: "W"}
+    torch.onnx.export(head, torch.zeros(1, 3, 64, 64), str(out), opset_version=OPSET, input_names=["image"],
+                      output_names=["crack_prob"], dynamic_axes={"image": dyn, "crack_prob": dyn}, dynamo=False)
+    if threshold is None:
+        threshold = float(meta.get("val", {}).get("val_threshold", 0.5))
+        threshold_source = "picked on validation during training"
+    else:
+        threshold_source = "given to export"
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    info = {"input_size": list(defaults.input_size), "channel_order": defaults.channel_order,
+            "mean": list(defaults.mean), "std": list(defaults.std), "threshold": threshold, "arch": meta["arch"]}
+    for k, v in info.items():
+        model.metadata_props.add(key=k, value=json.dumps(v))
+    onnx.save(model, str(out))
+    h, w = parity_size or defaults.input_size
+    diff = parity(head, out, [(1, 3, h, w), (2, 3, 96, 128)])
+    print(f"parity PyTorch vs ONNX Runtime: max abs diff {diff:.2e} (inputs 1x3x{h}x{w}, 2x3x96x128)")
+    if diff > PARITY_TOLERANCE:
+        raise ExportError(f"{out}: ONNX output differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE:g}")
+    prof = profile(meta["arch"], tuple(defaults.input_size))
+    settings = meta.get("settings", {})
+    training = {k: meta[k] for k in ("role", "kd", "loss", "data", "seed", "train_images", "val_images",
+                                     "label_temperature", "student_temperatures", "deploy_temperature",
+                                     "alpha", "teacher_sha256") if k in meta}
+    training.update(epochs_trained=meta.get("epoch", -1) + 1, checkpoint=str(checkpoint),
+                    checkpoint_sha256=sha256_file(checkpoint), validation=meta.get("val", {}),
+                    threshold_source=threshold_source,
+                    recipe={k: settings[k] for k in ("optimizer", "lr", "batch_size", "crop", "samples_per_epoch",
+                                                     "scale_min", "scale_max", "max_aspect", "dilate_kernel",
+                                                     "dilate_iterations", "augment", "epochs") if k in settings})
+    card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=defaults.input_size,
+                     channel_order=defaults.channel_order, mean=defaults.mean, std=defaults.std,
+                     threshold=threshold, params=prof["params"], gflops=prof["gflops"], sha256=sha256_file(out),
+                     training=training, parity_max_abs_diff=diff, opset=OPSET)
+    path = write_card(card, out)
+    log.info("event=export onnx=%s card=%s params=%d gflops=%.1f parity=%.2e threshold=%.2f",
+             out, path, prof["params"], prof["gflops"], diff, threshold)
+    return card.model_dump(mode="json")
