@@ -72,7 +72,7 @@ def cli() -> Iterator[Callable[..., Proc]]:
     for pr in procs:
         if pr.p.poll() is None:
             pr.p.kill()
-            pr.p.communicate()
+            pr.p.wait(10)
 
 
 # ------------------------------------------------------------ Xvfb

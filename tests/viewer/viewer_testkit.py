@@ -6,10 +6,12 @@ wait for the viewer's subscription instead of sleeping; every wait has a deadlin
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -130,21 +132,64 @@ def recv_bounded(sock: zmq.Socket, timeout_ms: int = RECV_TIMEOUT_MS) -> list[by
 
 
 class Proc:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    """``crack-viewer ARGS`` in a subprocess; stderr is read as it comes so a test can wait for a line."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+                 module: str = "viewer.cli") -> None:
         self.args = args
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.p = subprocess.Popen([sys.executable, "-m", "viewer.cli", *args], cwd=cwd or REPO, env=full_env,
+        self.p = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=full_env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.out = ""
-        self.err = ""
+        self._lines: list[str] = []
+        self._cond = threading.Condition()
+        self._out: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._out_reader = threading.Thread(target=lambda: self._out.extend(self.p.stdout or []), daemon=True)
+        self._out_reader.start()
+
+    @property
+    def out(self) -> str:
+        return "".join(self._out)
+
+    def _read(self) -> None:
+        assert self.p.stderr is not None
+        for line in self.p.stderr:
+            with self._cond:
+                self._lines.append(line)
+                self._cond.notify_all()
+
+    @property
+    def err(self) -> str:
+        with self._cond:
+            return "".join(self._lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0, start: int = 0) -> int:
+        """Wait (bounded) for a stderr line matching ``pattern``; returns its index."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self._lines):
+                    if rx.search(self._lines[i]):
+                        return i
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.p.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} within {timeout}s; stderr:\n{''.join(self._lines)[-3000:]}")
+                self._cond.wait(min(left, 0.1))
 
     def wait(self, timeout: float = 30.0) -> int:
         try:
-            self.out, self.err = self.p.communicate(timeout=timeout)
+            self.p.wait(timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
-            self.out, self.err = self.p.communicate()
+            self.p.wait()
+            self._reader.join(5)
             raise AssertionError(f"crack-viewer {' '.join(self.args)} did not finish in {timeout}s:\n{self.err[-3000:]}")
+        self._reader.join(5)
+        self._out_reader.join(5)
         return self.p.returncode
 
     def stop(self, timeout: float = 10.0) -> int:

@@ -1,0 +1,72 @@
+"""viewer.config: precedence flags > env > TOML, unknown keys named, every setting described."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from viewer.config import ConfigError, ViewerConfig, load_config
+from viewer_testkit import run_cli
+
+
+def test_precedence_flags_env_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "v.toml"
+    toml.write_text('connect = ["tcp://10.0.0.1:5555"]\nstale_after_s = 7\n[watch]\ntile_width = 300\ncolumns = 2\n')
+    cfg = load_config({"config": str(toml)})
+    assert cfg.connect == ["tcp://10.0.0.1:5555"] and cfg.stale_after_s == 7 and cfg.watch.tile_width == 300
+    monkeypatch.setenv("CRACK_VIEWER_WATCH__TILE_WIDTH", "400")
+    monkeypatch.setenv("CRACK_VIEWER_CONNECT", "tcp://a:1,tcp://b:2")
+    cfg = load_config({"config": str(toml)})
+    assert cfg.watch.tile_width == 400 and cfg.watch.columns == 2 and cfg.connect == ["tcp://a:1", "tcp://b:2"]
+    cfg = load_config({"config": str(toml), "watch": {"tile_width": 500, "columns": None}})
+    assert cfg.watch.tile_width == 500 and cfg.watch.columns == 2
+
+
+def test_bad_settings_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "v.toml"
+    toml.write_text("[watch]\ntile_widht = 300\n")
+    with pytest.raises(ConfigError, match=r"watch\.tile_widht: Extra inputs"):
+        load_config({"config": str(toml)})
+    with pytest.raises(ConfigError, match="missing.toml: file not found"):
+        load_config({"config": str(tmp_path / "missing.toml")})
+    with pytest.raises(ConfigError, match=r"connect: .*localhost:5555.* is not a ZeroMQ endpoint"):
+        load_config({"connect": ["localhost:5555"]})
+    monkeypatch.setenv("CRACK_VIEWER_TILE_WIDTH", "3")
+    with pytest.raises(ConfigError, match="env CRACK_VIEWER_TILE_WIDTH: unknown setting"):
+        load_config({})
+
+
+def _fields(model: type[BaseModel], prefix: str = ""):
+    for name, f in model.model_fields.items():
+        yield prefix + name, f
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            yield from _fields(f.annotation, prefix + name + ".")
+
+
+def test_every_setting_has_a_description() -> None:
+    missing = [n for n, f in _fields(ViewerConfig) if not f.description]
+    assert not missing, missing
+    assert len(list(_fields(ViewerConfig))) >= 30
+
+
+def test_cli_config_errors_exit_78_and_help_is_fast(tmp_path: Path) -> None:
+    r = run_cli("watch", "--headless")
+    assert r.returncode == 78 and "watch.out: --headless needs --out" in r.stderr
+    r = run_cli("watch", "--connect", "nonsense")
+    assert r.returncode == 78 and "connect: " in r.stderr and "nonsense" in r.stderr
+    r = run_cli("record", "--connect", "tcp://127.0.0.1:1", "--out", tmp_path, "--validate-config",
+                env={"CRACK_VIEWER_RECORD__MAX_FILE_MB": "2"})
+    assert r.returncode == 0 and '"max_file_mb": 2.0' in r.stdout
+    t = time.monotonic()
+    r = run_cli("--help")
+    assert r.returncode == 0 and "watch" in r.stdout and "relay" in r.stdout
+    assert time.monotonic() - t < 5  # generous for a loaded 2-core CI box; typically ~0.1 s
+
+
+def test_bench_prints_messages_per_second() -> None:
+    r = run_cli("bench", "--seconds", "0.05")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if "msgs_per_s=" in line]
+    assert len(rows) == 5 and all(int(line.split("msgs_per_s=")[1].split()[0]) > 0 for line in rows)
