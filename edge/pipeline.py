@@ -272,8 +272,11 @@ class Pipeline:
         for header in pending:
             header = {**header, "seq": self.seq["status"], "t_publish": time.time()}
             self.seq["status"] += 1
-            if self._send(wire.encode_status(header)):
+            frames = wire.encode_status(header)
+            if self._send(frames):
                 self.counters.status_sent += 1
+            if self.recorder is not None:
+                self._record(frames)
 
     def _publish_mask(self, item: Inferred) -> None:
         if self.max_frames and self.counters.published >= self.max_frames:
