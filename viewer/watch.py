@@ -41,6 +41,7 @@ class WatchApp:
         self._dirty = True
         self._last_img = None
         self._last_paint = 0.0
+        self._first_vehicles: bool | None = None
 
     async def serve(self) -> int:
         self.startup()
@@ -148,6 +149,11 @@ class WatchApp:
         self._last_img = render_fleet(self.state.views(now), self.wcfg.tile_width, self.wcfg.columns, self._footer())
         assert self.window is not None
         self.window.show(self._last_img)
+        if self.rendered == 0 or (self._first_vehicles is False and self.state.vehicles):
+            # One line when the window first shows a picture, and when it first shows a vehicle.
+            self._first_vehicles = bool(self.state.vehicles)
+            log.info("event=window_painted vehicles=%d size=%dx%d", len(self.state.vehicles),
+                     self._last_img.shape[1], self._last_img.shape[0])
         self.rendered += 1
         self._dirty = False
         self._last_paint = now
