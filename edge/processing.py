@@ -108,7 +108,7 @@ for _bit, (_dy, _dx) in enumerate(_NEIGHBOURS):
     _CODE_KERNEL[1 + _dy, 1 + _dx] = 1 << _bit
 
 
-def skeleton_length(mask: np.ndarray) -> int:
+def skeleton_length(mask: np.ndarray, dense: bool | None = None) -> int:
     """Pixels of the Zhang-Suen skeleton (1 pixel wide, 8-connected) of a 0/255 mask.
 
     The mask needs a background border.  Sparse masks (real cracks) visit only their own
@@ -116,7 +116,8 @@ def skeleton_length(mask: np.ndarray) -> int:
     """
     img = (mask > 0).astype(np.uint8)
     ys, xs = np.nonzero(img)
-    dense = len(ys) > img.size // 8
+    if dense is None:
+        dense = len(ys) > img.size // 8
     while True:
         changed = False
         for table in _PASSES:
