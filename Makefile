@@ -24,7 +24,7 @@ $(VENV)/.all: pyproject.toml | $(PY)
 install: $(VENV)/.all
 
 demo: $(VENV)/.demo
-	$(PY) -m edge.demo
+	$(PY) tools/demo.py
 
 test: $(VENV)/.all
 	$(PY) -m pytest
