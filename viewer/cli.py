@@ -3,7 +3,7 @@
 Only argparse is imported before the flags are parsed, so ``--help`` answers at once.
 Exit statuses: 0 done, 1 unexpected failure, 2 usage, 65 a file that is not a recording,
 66 a recording that does not exist, 69 an endpoint that cannot be bound, 74 a recording that
-cannot be written (disk full...), 78 bad configuration.
+cannot be written (disk full...), 71 no display for the window, 78 bad configuration.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, Sequence
 EXIT_DATAERR = 65
 EXIT_NOINPUT = 66
 EXIT_UNAVAILABLE = 69
+EXIT_NO_DISPLAY = 71
 EXIT_IOERR = 74
 EXIT_CONFIG = 78
 
@@ -133,8 +134,13 @@ def _run(command: str, cfg: Any) -> int:
         if command == "watch":
             from viewer.loop import run
             from viewer.watch import WatchApp
+            from viewer.window import NoDisplay
 
-            return run(WatchApp(cfg).serve(), cfg.loop)
+            try:
+                return run(WatchApp(cfg).serve(), cfg.loop)
+            except NoDisplay as e:
+                log.error("event=no_display error=%s", e)
+                return EXIT_NO_DISPLAY
         if command == "record":
             from viewer.loop import run
             from viewer.record import RecordApp

@@ -76,12 +76,8 @@ class RecordApp:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         self.receiver.cancel()
-        try:
-            await self.receiver
-        except asyncio.CancelledError:
-            pass
-        except Exception:  # noqa: BLE001 - its error was reported by main_loop
-            pass
+        # Its error, if any, was reported by main_loop; gather only waits for the task to end.
+        await asyncio.gather(self.receiver, return_exceptions=True)
         self.writer.close()
         self.sub.close()
         self.ctx.term()

@@ -54,6 +54,10 @@ class WatchApp:
     # ------------------------------------------------------------ lifecycle
 
     def startup(self) -> None:
+        if not self.wcfg.headless:
+            from viewer.window import check_display
+
+            check_display()  # before any socket: nothing to clean up when there is no screen
         self.t0 = time.monotonic()
         self.ctx = zmq.asyncio.Context()
         self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm)
@@ -101,11 +105,8 @@ class WatchApp:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         self.receiver.cancel()
-        try:
-            await self.receiver
-        except (asyncio.CancelledError, Exception) as e:  # noqa: BLE001 - already logged by main_loop
-            if not isinstance(e, asyncio.CancelledError):
-                log.debug("event=receiver_error error=%r", e)
+        # Its error, if any, was reported by main_loop; gather only waits for the task to end.
+        await asyncio.gather(self.receiver, return_exceptions=True)
         if self.sink is not None:
             self.sink.close()
         if self.window is not None:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 KEYS = {ord("q"): "quit", 27: "quit", ord("p"): "pause", ord(" "): "pause", ord("s"): "snapshot"}
+
+
+class NoDisplay(RuntimeError):
+    """There is no screen to open a window on."""
+
+
+def check_display() -> None:
+    """Refuse early, with a hint, where Qt would abort the process for want of a display."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+                                                 or os.environ.get("QT_QPA_PLATFORM")):
+        raise NoDisplay("no display (DISPLAY is not set): use --headless --out DIR, or run under a desktop/Xvfb")
 
 
 class Window:

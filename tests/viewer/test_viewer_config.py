@@ -69,4 +69,14 @@ def test_bench_prints_messages_per_second() -> None:
     r = run_cli("bench", "--seconds", "0.05")
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if "msgs_per_s=" in line]
-    assert len(rows) == 5 and all(int(line.split("msgs_per_s=")[1].split()[0]) > 0 for line in rows)
+    assert len(rows) == 6 and all(int(line.split("msgs_per_s=")[1].split()[0]) > 0 for line in rows)
+
+
+def test_viewer_imports_no_heavy_runtime() -> None:
+    code = ("import sys, viewer.cli, viewer.watch, viewer.record, viewer.replay, viewer.relay, viewer.render; "
+            "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt', 'openvino') if m in sys.modules))")
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from viewer_testkit import Messages, endpoint
+from viewer_testkit import REPO, Messages, endpoint
 
 
 def _frames_meta(out: Path) -> list[dict]:
@@ -85,7 +88,7 @@ def test_many_vehicles_are_tiled_from_many_endpoints(cli, make_pub, tmp_path: Pa
     pubs = [make_pub(), make_pub(), make_pub()]
     out = tmp_path / "o"
     viewer = cli("watch", *[a for p in pubs for a in ("--connect", p.endpoint)], "--headless", "--out", out,
-                 "--count", 6, "--tile-width", 200, "--columns", 3)
+                 "--count", 6, "--tile-width", 200, "--columns", 3, "--event-loop", "asyncio")
     for p in pubs:
         p.wait_subscriber()
     ms = [Messages(vehicle_id=f"veh-{i}") for i in range(3)]
@@ -122,3 +125,10 @@ def test_headless_mp4(cli, pub, tmp_path: Path) -> None:
     b, g, r = (frames[-1][..., i].astype(int) for i in range(3))
     assert ((r - g > 60) & (r - b > 60)).sum() > 100  # the mask overlay survived the codec
     assert np.mean([f.mean() for f in frames]) > 20
+
+
+def test_window_without_a_display_says_so(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    r = subprocess.run([sys.executable, "-m", "viewer.cli", "watch", "--connect", endpoint()], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 71 and "use --headless --out DIR" in r.stderr, r.stderr
