@@ -64,7 +64,7 @@ class WatchConfig(_Section):
 
 class RecordConfig(_Section):
     out: Path | None = Field(None, description="Recording folder (rotated files <prefix>-NNNNNN.crec)")
-    prefix: str = Field("rec", min_length=1, description="File name prefix of the recording's files")
+    prefix: str = Field("rec", pattern=r"^[A-Za-z0-9._-]+$", description="File name prefix of the recording's files")
     count: int | None = Field(None, ge=1, description="Stop after this many messages (any kind)")
     duration: float | None = Field(None, gt=0, description="Stop after this many seconds")
     max_file_mb: float = Field(64.0, gt=0, description="Start a new file past this size (MiB)")
