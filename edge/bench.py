@@ -14,6 +14,7 @@ import resource
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -205,23 +206,62 @@ def table(results: list[dict[str, Any]], mach: dict[str, Any]) -> str:
                      f"{p['p99_ms']:>8.1f} {p['message_bytes']:>7d} {r['peak_rss_mb']:>7.1f}")
     for r in results:
         stages = "  ".join(f"{k} {v:.2f}" for k, v in r["pipeline"]["stages_ms"].items())
-        lines.append(f"stages ms ({r['backend']}): {stages}")
+        lines.append(f"stages ms ({r['backend']} {r['precision']}): {stages}")
     lines.append("pipe p50/p99: capture to sent, every-frame mode (includes the wait for the model)")
     return "\n".join(lines)
+
+
+def int8_sibling(model: Path) -> Path | None:
+    """``NAME-int8.onnx`` beside ``NAME.onnx`` (what `crack-train quantize` writes), if it is there."""
+    model = Path(model)
+    if model.stem.endswith("-int8"):
+        return model
+    path = model.with_name(f"{model.stem}-int8.onnx")
+    return path if path.is_file() else None
+
+
+def precision_pairs(cfg: EdgeConfig) -> list[EdgeConfig]:
+    """One config per backend x precision present: the configured model, and its INT8 sibling if any.
+
+    ONNX Runtime runs each file at the file's own precision; OpenVINO adds bf16 where the CPU
+    has it; other runtimes get one row at the configured precision.
+    """
+    from edge.backends.base import available_backends, backend_class
+
+    fp32 = Path(cfg.model.path)
+    int8 = int8_sibling(fp32)
+    out = []
+    for name in available_backends():
+        if name == "onnxruntime":
+            rows = [(None, fp32)] + ([(None, int8)] if int8 and int8 != fp32 else [])
+        elif hasattr(backend_class(name), "precisions_here"):
+            here = backend_class(name).precisions_here()
+            rows = [(p, fp32) for p in here if p != "int8"] + ([("int8", int8)] if int8 and "int8" in here else [])
+        else:
+            rows = [(cfg.backend.precision, fp32)]
+        for precision, model in rows:
+            out.append(cfg.model_copy(update={
+                "backend": cfg.backend.model_copy(update={"name": name, "precision": precision}),
+                "model": cfg.model.model_copy(update={"path": model})}))
+    return out
 
 
 def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = False, all_backends: bool = False) -> int:
     import sys
 
-    from edge.backends.base import available_backends
     from edge.capture import SourceError
     from edge.daemon import StartupError
 
-    names = available_backends() if all_backends else [cfg.backend.name]
+    if all_backends:
+        configs = precision_pairs(cfg)
+    elif cfg.backend.precision == "int8" and int8_sibling(cfg.model.path):
+        # `--precision int8` on the fp32 model means its quantised sibling (the row names the file).
+        configs = [cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": int8_sibling(cfg.model.path)})})]
+    else:
+        configs = [cfg]
     mach = machine()
     results = []
-    for name in names:
-        one = cfg.model_copy(update={"backend": cfg.backend.model_copy(update={"name": name})})
+    for one in configs:
         try:
             results.append(run_one(one, frames, warmup))
         except StartupError as e:

@@ -54,6 +54,14 @@ class OpenVINOBackend(Backend):
     def available(cls) -> bool:
         return importlib.util.find_spec("openvino") is not None
 
+    @classmethod
+    def precisions_here(cls) -> list[str]:
+        """The precisions this CPU runs natively (int8 needs a QDQ model as well)."""
+        import openvino as ov
+
+        caps = cpu_capabilities(ov.Core())
+        return [p for p in PRECISIONS if p == "fp32" or p.upper() in caps]
+
     def load(self) -> None:
         import openvino as ov
 

@@ -204,3 +204,26 @@ def test_auto_prefers_openvino_over_onnxruntime(student_onnx):
     assert present.index("openvino") < present.index("onnxruntime")
     backend = create_backend("auto", student_onnx, load_card(student_onnx))
     assert backend.name == present[0]
+
+
+def test_bench_lists_every_backend_precision_pair(student_onnx, int8_onnx, tmp_path):
+    """`crack-edge bench --all` rows: fp32 file and its -int8 sibling, on every runtime present."""
+    import shutil
+
+    from edge.backends.openvino import OpenVINOBackend
+    from edge.bench import precision_pairs
+    from edge.config import load_config
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for src, stem in ((student_onnx, "net"), (int8_onnx, "net-int8")):
+        shutil.copy(src, folder / f"{stem}.onnx")
+        shutil.copy(src.with_suffix(".json"), folder / f"{stem}.json")
+    cfg = load_config(None, {"model": {"path": str(folder / "net.onnx")}})
+    rows = [(c.backend.name, c.backend.precision, Path(c.model.path).name) for c in precision_pairs(cfg)]
+    assert ("onnxruntime", None, "net.onnx") in rows and ("onnxruntime", None, "net-int8.onnx") in rows
+    assert ("openvino", "fp32", "net.onnx") in rows and ("openvino", "int8", "net-int8.onnx") in rows
+    assert (("openvino", "bf16", "net.onnx") in rows) == ("bf16" in OpenVINOBackend.precisions_here())
+    (folder / "net-int8.onnx").unlink()
+    rows = [(c.backend.name, c.backend.precision) for c in precision_pairs(cfg)]
+    assert ("openvino", "int8") not in rows, "no INT8 row without an INT8 file"
