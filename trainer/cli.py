@@ -105,7 +105,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     r = run_eval(ns.model, ns.data, ns.split, out, mode=ns.mode, threshold=ns.threshold,
                  pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction, val_seed=ns.val_seed,
                  max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
-                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card)
+                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size)
     m = r["metrics"]
     print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} ({r['threshold_source']}): "
           f"F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} R {m['strict']['recall']:.4f} "
@@ -117,7 +117,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_export(ns: argparse.Namespace) -> int:
     from trainer.export import export
 
-    card = export(ns.checkpoint, ns.out, threshold=ns.threshold, name=ns.name, parity_size=ns.parity_size)
+    card = export(ns.checkpoint, ns.out, threshold=ns.threshold, name=ns.name, parity_size=ns.parity_size,
+                  input_size=ns.input_size)
     print(f"{ns.out}: params {card['params']}, {card['gflops']} GFLOPs, threshold {card['threshold']:.2f}, "
           f"sha256 {card['sha256'][:12]}…; card {Path(ns.out).with_suffix('.json')}")
     return 0
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="test, val (carved from train unless the set has one), train...")
     p.add_argument("--mode", choices=("resize", "native"), default="resize",
                    help="resize to the model's input size and back (daemon default) or native size padded to 4")
+    p.add_argument("--size", type=_size, help="resize mode: HxW to resize to (default: the card's input size)")
     p.add_argument("--threshold", type=float, help="fixed threshold (default: the card's / the run's validation pick)")
     p.add_argument("--pick-threshold", action="store_true", help="choose the threshold with the best F1(2px); val only")
     p.add_argument("--write-card", action="store_true", help="record the figures (and a picked threshold) in the card")
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="card threshold (default: the run's validation pick)")
     p.add_argument("--name", help="model name in the card (default: the file name)")
     p.add_argument("--parity-size", type=_size, help="HxW of the parity check input (default: the input size)")
+    p.add_argument("--input-size", type=_size, help="HxW the card asks runtimes to resize to (default: 448x448)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="parameters and GFLOPs (2 x multiply-adds) of a variant")

@@ -110,7 +110,8 @@ def _fit_width(rows: list[np.ndarray]) -> list[np.ndarray]:
 def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Path, mode: str = "resize",
              threshold: float | None = None, pick_threshold: bool = False, val_fraction: float = 0.1,
              val_seed: int = 0, max_images: int = 0, worst: int = 4, figure_rows: int = 4,
-             device: str = "cpu", threads: int | None = None, write_card: bool = False) -> dict[str, Any]:
+             device: str = "cpu", threads: int | None = None, write_card: bool = False,
+             size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Evaluate, write the report, overlays and figure under ``out_dir``; returns the report."""
     if pick_threshold and split not in VAL_ALIASES:
         raise ConfigError(f"--pick-threshold chooses on validation only; split {split!r} is not one of "
@@ -120,6 +121,8 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
     if mode not in ("resize", "native"):
         raise ConfigError(f"mode {mode!r}: choose resize or native")
     m = load_model(model, device, threads)
+    if size is not None:
+        m.input_size = tuple(size)
     pairs = list_pairs(data, split, val_fraction, val_seed)
     if max_images and len(pairs) > max_images:
         pairs = pairs[:max_images]

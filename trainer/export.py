@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,12 @@ def parity(head, onnx_path: Path, shapes: list[tuple[int, int, int, int]], seed:
     return worst
 
 
-def export(checkpoint: str | Path, out: str | Path, threshold: float | None = None,
-           name: str | None = None, parity_size: tuple[int, int] | None = None) -> dict[str, Any]:
-    """Write ``out`` (.onnx) and its card; returns the card as a dict (with ``parity_max_abs_diff``)."""
+def export(checkpoint: str | Path, out: str | Path, threshold: float | None = None, name: str | None = None,
+           parity_size: tuple[int, int] | None = None, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Write ``out`` (.onnx) and its card; returns the card as a dict (with ``parity_max_abs_diff``).
+
+    ``input_size`` is the size the card tells runtimes to resize frames to (default: the variant's).
+    """
     import onnx
     import torch
 
@@ -62,10 +66,18 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
     net, meta = load_checkpoint(checkpoint, "cpu")
     head = DeployHead(net, meta.get("deploy_temperature", 1.0)).eval()
     defaults = variant_defaults(meta["arch"])
+    size = tuple(input_size or defaults.input_size)
+    if size[0] % 4 or size[1] % 4:
+        raise ExportError(f"input size {size[0]}x{size[1]} is not a multiple of 4")
     out.parent.mkdir(parents=True, exist_ok=True)
     dyn = {0: "N", 2: "H", 3: "W"}
-    torch.onnx.export(head, torch.zeros(1, 3, 64, 64), str(out), opset_version=OPSET, input_names=["image"],
-                      output_names=["crack_prob"], dynamic_axes={"image": dyn, "crack_prob": dyn}, dynamo=False)
+    with warnings.catch_warnings():
+        # Expected and harmless: the H/W divisibility check is traced as a constant, and instance
+        # norm always uses the input's statistics (which is what train=True means to the exporter).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*")
+        torch.onnx.export(head, torch.zeros(1, 3, 64, 64), str(out), opset_version=OPSET, input_names=["image"],
+                          output_names=["crack_prob"], dynamic_axes={"image": dyn, "crack_prob": dyn}, dynamo=False)
     if threshold is None:
         threshold = float(meta.get("val", {}).get("val_threshold", 0.5))
         threshold_source = "picked on validation during training"
@@ -73,28 +85,29 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
         threshold_source = "given to export"
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
-    info = {"input_size": list(defaults.input_size), "channel_order": defaults.channel_order,
+    info = {"input_size": list(size), "channel_order": defaults.channel_order,
             "mean": list(defaults.mean), "std": list(defaults.std), "threshold": threshold, "arch": meta["arch"]}
     for k, v in info.items():
         model.metadata_props.add(key=k, value=json.dumps(v))
     onnx.save(model, str(out))
-    h, w = parity_size or defaults.input_size
+    h, w = parity_size or size
     diff = parity(head, out, [(1, 3, h, w), (2, 3, 96, 128)])
     print(f"parity PyTorch vs ONNX Runtime: max abs diff {diff:.2e} (inputs 1x3x{h}x{w}, 2x3x96x128)")
     if diff > PARITY_TOLERANCE:
         raise ExportError(f"{out}: ONNX output differs from PyTorch by {diff:.2e} > {PARITY_TOLERANCE:g}")
-    prof = profile(meta["arch"], tuple(defaults.input_size))
+    prof = profile(meta["arch"], size)
     settings = meta.get("settings", {})
     training = {k: meta[k] for k in ("role", "kd", "loss", "data", "seed", "train_images", "val_images",
                                      "label_temperature", "student_temperatures", "deploy_temperature",
                                      "alpha", "teacher_sha256") if k in meta}
     training.update(epochs_trained=meta.get("epoch", -1) + 1, checkpoint=str(checkpoint),
                     checkpoint_sha256=sha256_file(checkpoint), validation=meta.get("val", {}),
-                    threshold_source=threshold_source,
+                    threshold_source=threshold_source, val_fraction=settings.get("val_fraction"),
+                    val_seed=settings.get("val_seed"),
                     recipe={k: settings[k] for k in ("optimizer", "lr", "batch_size", "crop", "samples_per_epoch",
                                                      "scale_min", "scale_max", "max_aspect", "dilate_kernel",
                                                      "dilate_iterations", "augment", "epochs") if k in settings})
-    card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=defaults.input_size,
+    card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=size,
                      channel_order=defaults.channel_order, mean=defaults.mean, std=defaults.std,
                      threshold=threshold, params=prof["params"], gflops=prof["gflops"], sha256=sha256_file(out),
                      training=training, parity_max_abs_diff=diff, opset=OPSET)

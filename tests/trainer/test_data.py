@@ -1,0 +1,138 @@
+"""Pairs, splits, mismatches that name the file, and the random-crop training set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from trainer import augment
+from trainer.data import (CropConfig, CropDataset, DataSpec, carve_validation, dilate, list_pairs, read_pair,
+                          training_pairs)
+from trainer.errors import ConfigError, DataError, MissingInput
+
+
+def test_data_spec_parses_path_split_and_weight():
+    assert DataSpec.parse("/d/crackforest") == DataSpec(Path("/d/crackforest"), "train", 1.0)
+    assert DataSpec.parse("../d/crack500-crops:valid@0.5") == DataSpec(Path("../d/crack500-crops"), "valid", 0.5)
+    assert DataSpec.parse("/d/x@2", default_split="val") == DataSpec(Path("/d/x"), "val", 2.0)
+    with pytest.raises(ConfigError, match="weight"):
+        DataSpec.parse("/d/x@heavy")
+
+
+def test_split_json_and_a_reproducible_validation_carve(tiny_data):
+    train = list_pairs(tiny_data, "train")
+    test = list_pairs(tiny_data, "test")
+    assert [p.name for p in test] == ["006", "007"] and len(train) == 6
+    val = list_pairs(tiny_data, "val", val_fraction=0.34, val_seed=0)
+    assert val == list_pairs(tiny_data, "val", val_fraction=0.34, val_seed=0)
+    assert len(val) == 2 and {p.name for p in val} <= {p.name for p in train}
+    kept = training_pairs(tiny_data, "train", 0.34, 0)
+    assert len(kept) == 4 and not {p.image for p in kept} & {p.image for p in val}
+    assert carve_validation(train, 0.34, 1)[1] != val or len(train) < 3
+
+
+def test_sub_folder_layout_like_crack500(tmp_path, make_dataset):
+    write_dataset = make_dataset
+    write_dataset(tmp_path / "c5" / "train", n=3)
+    write_dataset(tmp_path / "c5" / "valid", n=2, seed=1)
+    assert len(list_pairs(tmp_path / "c5", "train")) == 3
+    assert len(list_pairs(tmp_path / "c5", "val")) == 2
+    with pytest.raises(ConfigError, match="cannot find split 'test'"):
+        list_pairs(tmp_path / "c5", "test")
+
+
+def test_missing_mask_names_the_file(tmp_path, make_dataset):
+    root = make_dataset(tmp_path / "d", n=3, split={"train": ["000", "001", "002"]})
+    (root / "masks" / "001.png").unlink()
+    with pytest.raises(DataError, match=r"001\.png: mask missing") as e:
+        list_pairs(root, "train")
+    assert e.value.exit_code == 65
+
+
+def test_size_mismatch_and_unreadable_files_name_the_file(tmp_path, make_dataset):
+    root = make_dataset(tmp_path / "d", n=3, split={"train": ["000", "001", "002"]})
+    cv2.imwrite(str(root / "masks" / "000.png"), np.zeros((10, 10), np.uint8))
+    (root / "images" / "002.jpg").write_bytes(b"not a jpeg")
+    pairs = {p.name: p for p in list_pairs(root, "train")}
+    with pytest.raises(DataError, match=r"000\.png: mask is 10x10 but image .*000\.jpg is 96x64"):
+        read_pair(pairs["000"])
+    with pytest.raises(DataError, match=r"002\.jpg: unreadable image"):
+        read_pair(pairs["002"])
+
+
+def test_missing_folder_and_unknown_split(tmp_path, tiny_data):
+    with pytest.raises(MissingInput, match="dataset folder not found"):
+        list_pairs(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="no split 'holdout'"):
+        list_pairs(tiny_data, "holdout")
+
+
+def test_crackforest_split_json_is_read_as_published(crackforest):
+    CFD = crackforest
+    assert json.loads((CFD / "split.json").read_text()).keys() >= {"train", "test"}
+    assert len(list_pairs(CFD, "train")) == 72 and len(list_pairs(CFD, "test")) == 46
+    assert len(list_pairs(CFD, "val")) == 7 and len(training_pairs(CFD, "train", 0.1, 0)) == 65
+
+
+def test_dilation_as_published():
+    m = np.zeros((15, 15), bool)
+    m[7, 7] = True
+    assert dilate(m, 3, 3).sum() == 49 and dilate(m, 3, 0).sum() == 1
+
+
+def test_crops_are_reproducible_per_epoch_and_index_and_carry_soft_labels(tiny_data, tmp_path):
+    pairs = list_pairs(tiny_data, "train")
+    # Soft labels equal to the mask must still equal it after every geometric change.
+    soft = {}
+    for p in pairs:
+        m = cv2.imread(str(p.mask), cv2.IMREAD_GRAYSCALE)
+        files = []
+        for o in "hxym":
+            f = tmp_path / f"{p.name}_{o}.png"
+            cv2.imwrite(str(f), m)
+            files.append(f)
+        soft[p.image.resolve()] = files
+    cfg = CropConfig(crop=48, scale=(0.6, 1.6), max_aspect=1.6, dilate_iterations=0)
+    ds = CropDataset([(pairs, 1.0)], cfg, samples_per_epoch=12, seed=3, soft_labels=soft)
+    a = ds[5]
+    assert a["image"].shape == (3, 48, 48) and a["target"].shape == (1, 48, 48) and a["soft"].shape == (4, 48, 48)
+    assert a["image"].dtype == np.float32 and -1.0 <= a["image"].min() and a["image"].max() <= 1.0
+    np.testing.assert_array_equal(ds[5]["image"], a["image"])
+    ds.set_epoch(1)
+    assert not np.array_equal(ds[5]["image"], a["image"])
+    agree = [np.mean((ds[i]["soft"][3] > 0.5) == (ds[i]["target"][0] > 0.5)) for i in range(12)]
+    assert min(agree) > 0.97
+
+
+def test_crop_must_be_a_multiple_of_four(tiny_data):
+    with pytest.raises(ConfigError, match="multiple of 4"):
+        CropDataset([(list_pairs(tiny_data, "train"), 1.0)], CropConfig(crop=30), 4)
+
+
+def test_mixing_follows_the_weights(tmp_path, tiny_data, make_dataset):
+    other = make_dataset(tmp_path / "other", n=3, size=(40, 40), seed=5)
+    ds = CropDataset([(list_pairs(tiny_data, "train"), 3.0), (list_pairs(other, "train"), 1.0)],
+                     CropConfig(crop=32, scale=(1.0, 1.0), max_aspect=1.0, augment=False), 400)
+    picks = [np.random.default_rng([0, 0, i]).choice(2, p=ds.probs) for i in range(400)]
+    assert 0.68 < 1 - np.mean(picks) < 0.82
+
+
+def test_flips_move_labels_and_colour_changes_do_not():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (8, 12, 3), dtype=np.uint8)
+    target = np.zeros((8, 12), bool)
+    target[1, 2] = True
+    soft = target[..., None].astype(np.float32).repeat(4, axis=2)
+    i2, t2, s2 = augment.apply("hflip", rng, img, target, soft)
+    assert t2[1, 9] and s2[1, 9, 0] == 1.0 and np.array_equal(i2[:, ::-1], img)
+    i3, t3, _ = augment.apply("vflip", rng, img, target, None)
+    assert t3[6, 2]
+    for choice in ("saturation", "contrast", "brightness", "hue"):
+        i4, t4, s4 = augment.apply(choice, rng, img, target, soft)
+        assert i4.dtype == np.uint8 and i4.shape == img.shape and t4 is target and s4 is soft
+    assert not np.array_equal(augment.brightness(img, 0.3), img)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment.apply("rotate", rng, img, target, None)

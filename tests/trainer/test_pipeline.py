@@ -1,0 +1,136 @@
+"""crack-train end to end on tiny crops: every artefact written, re-read, and refused when wrong."""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import torch
+
+from trainer.cli import main
+from trainer.labels import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_plain_student_writes_every_artefact(student_run):
+    for name in ("best.pt", "last.pt", "log.csv", "curves.png", "config.json"):
+        assert (student_run / name).stat().st_size > 0, name
+    rows = read_csv(student_run / "log.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert all(0.0 <= float(r["val_f1_tol"]) <= 1.0 and float(r["train_loss"]) > 0 for r in rows)
+    assert cv2.imread(str(student_run / "curves.png")) is not None
+    cfg = json.loads((student_run / "config.json").read_text())
+    assert cfg["settings"]["crop"] == 32 and cfg["settings"]["loss"] == "bce-dice" and cfg["device"] == "cpu"
+    net, meta = load_checkpoint(student_run / "best.pt")
+    assert meta["arch"] == "student" and meta["role"] == "plain-student" and "val_threshold" in meta["val"]
+    assert sum(p.numel() for p in net.parameters()) == 1_179_392
+
+
+def test_resume_reproduces_an_uninterrupted_run(tiny_data, tmp_path, train_argv, student_run):
+    run = tmp_path / "resumed"
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "1")]) == 0
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "2", "--resume")]) == 0
+    got, want = read_csv(run / "log.csv"), read_csv(student_run / "log.csv")
+    assert len(got) == 2
+    for g, w in zip(got, want):
+        assert float(g["train_loss"]) == pytest.approx(float(w["train_loss"]), rel=1e-4)
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny_data, tmp_path, train_argv):
+    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "none", "--resume")]) == 66
+
+
+def test_sigterm_loses_at_most_one_epoch_and_resume_continues(tiny_data, tmp_path, train_argv):
+    run = tmp_path / "killed"
+    argv = [sys.executable, "-m", "trainer.cli", "student", "--plain", *train_argv(tiny_data, run, "--epochs", "50")]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while not (run / "last.pt").exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    assert "--resume" in out
+    done = torch.load(run / "last.pt", weights_only=False)["epoch"]
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", str(done + 2), "--resume")]) == 0
+    assert [int(r["epoch"]) for r in read_csv(run / "log.csv")] == list(range(done + 2))
+
+
+def test_bad_settings_exit_78_and_toml_env_flag_precedence(tiny_data, tmp_path, monkeypatch, train_argv):
+    from trainer.config import load_settings
+
+    toml = tmp_path / "train.toml"
+    toml.write_text('[train]\ncrop = 96\nbatch_size = 3\nepochs = 7\n')
+    monkeypatch.setenv("CRACK_TRAIN_BATCH_SIZE", "5")
+    cfg = load_settings(toml, epochs=9)
+    assert (cfg.crop, cfg.batch_size, cfg.epochs) == (96, 5, 9)      # TOML < env < flag
+    toml.write_text('[train]\ncrops = 96\n')
+    assert main(["student", "--plain", "--config", str(toml), *train_argv(tiny_data, tmp_path / "r")]) == 78
+    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "r", "--crop", "30")]) == 78
+
+
+def test_missing_mask_stops_training_with_the_file_name(make_dataset, tmp_path, train_argv, capsys):
+    root = make_dataset(tmp_path / "broken", n=4)
+    (root / "masks" / "001.png").unlink()
+    assert main(["student", "--plain", *train_argv(root, tmp_path / "r")]) == 65
+    assert "001.png" in capsys.readouterr().err
+
+
+def test_teacher_labels_and_distilled_student(tiny_data, tmp_path, train_argv, capsys):
+    teacher_run = tmp_path / "teacher"
+    args = train_argv(tiny_data, teacher_run, "--epochs", "1", "--batch-size", "2", "--samples-per-epoch", "2",
+                      "--loss", "asymmetric", "--optimizer", "rmsprop", "--val-max-images", "1")
+    assert main(["teacher", *args]) == 0
+    _, meta = load_checkpoint(teacher_run / "best.pt")
+    assert meta["arch"] == "teacher" and meta["loss"] == "asymmetric"
+    assert json.loads((teacher_run / "config.json").read_text())["settings"]["dilate_iterations"] is None
+
+    labels = tmp_path / "labels"
+    data_args = ["--data", f"{tiny_data}:train", "--val-fraction", "0.34", "--device", "cpu", "--threads", "2"]
+    assert main(["labels", "--teacher-ckpt", str(teacher_run / "best.pt"), "-T", "10", "--out", str(labels),
+                 *data_args]) == 0
+    manifest = json.loads((labels / "manifest.json").read_text())
+    assert manifest["temperature"] == 10.0 and len(manifest["images"]) == 4
+    first = manifest["images"][0]
+    pngs = [cv2.imread(str(labels / r), cv2.IMREAD_GRAYSCALE) for r in first["labels"]]
+    assert [p.shape for p in pngs] == [tuple(first["size"])] * 4 and all(p.dtype.name == "uint8" for p in pngs)
+
+    student = tmp_path / "kd"
+    kd_args = train_argv(tiny_data, student, "--epochs", "1", "--labels", str(labels),
+                         "--teacher", str(teacher_run / "best.pt"), "--kd", "hyperthermal")
+    assert main(["student", *kd_args]) == 0
+    rows = read_csv(student / "log.csv")
+    assert {"train_soft_loss", "train_hard_loss", "train_soft_mix"} <= set(rows[0])
+    _, kd_meta = load_checkpoint(student / "best.pt")
+    assert kd_meta["role"] == "distilled-student" and kd_meta["deploy_temperature"] == 10.0
+
+    # Labels that do not belong: another teacher, another image set, a changed image.
+    other = tmp_path / "other.pt"
+    other.write_bytes((teacher_run / "best.pt").read_bytes() + b"x")
+    capsys.readouterr()
+    assert main(["student", *train_argv(tiny_data, tmp_path / "s2", "--labels", str(labels),
+                                        "--teacher", str(other))]) == 65
+    assert "not by" in capsys.readouterr().err
+    assert main(["student", *train_argv(tiny_data, tmp_path / "s3", "--labels", str(labels),
+                                        "--val-fraction", "0.2")]) == 65
+    assert "no soft labels for training image" in capsys.readouterr().err
+    assert main(["student", *train_argv(tiny_data, tmp_path / "s4", "--kd", "non-isothermal",
+                                        "--labels", str(labels))]) == 78
