@@ -7,6 +7,7 @@ virtual display for the window tests (skipped, with the reason, where Xvfb is ab
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -84,19 +85,29 @@ def xvfb() -> Iterator[str]:
     exe = shutil.which("Xvfb")
     if exe is None:
         pytest.skip("Xvfb is not installed (apt-get install xvfb; .ci/run installs it)")
-    for n in range(50 + os.getpid() % 200, 400):
-        if not Path(f"/tmp/.X11-unix/X{n}").exists() and not Path(f"/tmp/.X{n}-lock").exists():
-            break
-    display = f":{n}"
-    proc = subprocess.Popen([exe, display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not Path(f"/tmp/.X11-unix/X{n}").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            err = proc.communicate()[1].decode(errors="replace")[-500:]
-            pytest.skip(f"Xvfb did not start on {display}: {err}")
-        time.sleep(0.05)
+    # -displayfd: Xvfb picks a free display itself and writes its number once it accepts clients,
+    # so parallel test runs (and other engineers' Xvfb) never collide.
+    rfd, wfd = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(wfd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(wfd,))
+    os.close(wfd)
+    number = b""
+    deadline = time.monotonic() + 15
+    try:
+        while not number.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([rfd], [], [], 0.2)
+            if ready:
+                chunk = os.read(rfd, 16)
+                if not chunk:
+                    break
+                number += chunk
+    finally:
+        os.close(rfd)
+    if not number.strip().isdigit():
+        proc.kill()
+        err = proc.communicate()[1].decode(errors="replace")[-500:]
+        pytest.fail(f"Xvfb is installed but did not start: {err}")
+    display = f":{int(number)}"
     yield display
     proc.terminate()
     try:

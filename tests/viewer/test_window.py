@@ -54,13 +54,13 @@ def test_window_screenshot_shows_mask_and_text(cli, xvfb: str, tmp_path: Path) -
     while not _overlay_shown(img) and time.monotonic() < deadline:
         time.sleep(0.3)
         img = _screenshot(xvfb, shot)
-    assert _overlay_shown(img), f"no overlay in the screenshot {shot}"
+    assert _overlay_shown(img), f"no overlay in the screenshot {shot}; viewer log:\n{viewer.err[-2000:]}"
     band = img[:render.BAND_H, :640]
     assert (band.min(axis=2) > 200).sum() > 300  # white text in the band
     footer = img[537 - render.FOOTER_H:537, :640]
     assert (footer == render.FOOTER_BGR).all(axis=2).mean() > 0.6
-    if os.environ.get("CRACK_VIEWER_KEEP_SCREENSHOT"):
-        shutil.copy(shot, os.environ["CRACK_VIEWER_KEEP_SCREENSHOT"])
+    if os.environ.get("VIEWER_TEST_KEEP_SCREENSHOT"):
+        shutil.copy(shot, os.environ["VIEWER_TEST_KEEP_SCREENSHOT"])
     assert viewer.stop(15) == 0, viewer.err
     assert replay.stop(10) == 0, replay.err
 
