@@ -33,7 +33,7 @@ bench: $(VENV)/.all
 	$(VENV)/bin/crack-edge bench --all
 
 soak: $(VENV)/.all
-	$(PY) -m tests.soak
+	$(PY) tools/soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
