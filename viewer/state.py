@@ -27,7 +27,7 @@ class VehicleView:
     """Everything the renderer draws for one vehicle; plain values, safe to hand to another thread."""
     vehicle_id: str
     run_id: str
-    seq: int
+    seq: int                      # of the last mask message (-1 before the first)
     masks: int
     fps: float
     latency_publish_ms: float | None
@@ -145,7 +145,7 @@ class FleetState:
             status = v.status or {}
             src = status.get("source") or {}
             out.append(VehicleView(
-                vehicle_id=vid, run_id=v.run_id, seq=max(v.seq.values(), default=-1), masks=v.masks,
+                vehicle_id=vid, run_id=v.run_id, seq=v.seq.get("mask", -1), masks=v.masks,
                 fps=v.fps(now),
                 latency_publish_ms=None if v.latency_publish_s is None else v.latency_publish_s * 1000,
                 latency_capture_ms=None if v.latency_capture_s is None else v.latency_capture_s * 1000,

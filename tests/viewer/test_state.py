@@ -19,13 +19,14 @@ def test_drops_restarts_latency(messages) -> None:
     assert abs(v.latency_publish_s - 0.05) < 1e-6 and abs(v.latency_capture_s - 0.07) < 1e-6
     # Status messages carry their own seq; they do not make mask drops.
     st.on_message(_msg(m.status(0)), t_wall=0, now=10.7)
-    st.on_message(_msg(m.status(1)), t_wall=0, now=10.8)
-    assert st.vehicles["v1"].drops == 2
+    st.on_message(_msg(m.status(41)), t_wall=0, now=10.8)
+    assert st.vehicles["v1"].drops == 2 + 40  # status 1..40 lost: a status gap is a loss too
+    assert st.views(10.8)[0].seq == 6  # the view shows the last mask's seq, not the status's
     # The daemon restarts: new run_id, seq from 0 again.
     m2 = messages(vehicle_id="v1")
     st.on_message(_msg(m2.mask(0)), t_wall=0, now=11.0)
     v = st.vehicles["v1"]
-    assert v.restarts == 1 and v.drops == 2 and v.run_id == m2.run_id
+    assert v.restarts == 1 and v.drops == 42 and v.run_id == m2.run_id
 
 
 def test_seq_going_back_in_the_same_run_counts_as_restart(messages) -> None:
