@@ -56,7 +56,8 @@ class SourceConfig(Section):
         "A read that has not returned after this long is abandoned and the source reconnected"))
     open_timeout_s: float = Field(10.0, gt=0, description="Opening a source that takes longer counts as a failure")
     reconnect_min_s: float = Field(0.5, gt=0, description="First wait before reopening a failed source")
-    reconnect_max_s: float = Field(10.0, gt=0, description="Longest wait between reopening attempts (doubling backoff)")
+    # Half the 10 s within which masks must resume after a camera returns (docs/reliability.md).
+    reconnect_max_s: float = Field(5.0, gt=0, description="Longest wait between reopening attempts (doubling backoff)")
     max_unreadable: int = Field(25, ge=1, description=(
         "Consecutive unreadable frames after which the source counts as failed and is reopened"))
 
