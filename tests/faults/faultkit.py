@@ -58,14 +58,18 @@ def wait_for(pred: Callable[[], Any], timeout: float, step: float = 0.05) -> Any
 _ASCTIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
 
 
+def line_time(line: str) -> float:
+    """Epoch time of a log line in the daemon's and viewer's format (asctime first), or -1."""
+    m = _ASCTIME.match(line)
+    if not m:
+        return -1.0
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000
+
+
 def log_times(path: Path, pattern: str) -> list[float]:
     """Epoch times of the log lines of ``path`` that contain ``pattern``."""
-    out = []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        m = _ASCTIME.match(line)
-        if m and pattern in line:
-            out.append(datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000)
-    return out
+    lines = Path(path).read_text(errors="replace").splitlines()
+    return [t for line in lines if pattern in line and (t := line_time(line)) >= 0]
 
 
 def need_ffmpeg() -> str:
@@ -190,3 +194,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
 
 def python_cmd(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+def write_clip(path: Path, n: int, size: tuple[int, int] = (96, 64), fps: float = 10.0) -> Path:
+    """A small real mp4 (grey texture, a dark line moving): for fixtures wider than one test."""
+    import cv2
+    import numpy as np
+
+    w, h = size
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert vw.isOpened(), f"OpenCV cannot write {path}"
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(100, 160, (h, w, 3), dtype=np.uint8)
+        cv2.line(img, (i % w, 0), (w - 1 - i % w, h - 1), (30, 30, 30), 2)
+        vw.write(img)
+    vw.release()
+    return path
