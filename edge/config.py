@@ -180,6 +180,34 @@ class PipelineConfig(Section):
         "A pipeline thread silent this long stops the watchdog pings (systemd then restarts the daemon), s"))
 
 
+class SecurityConfig(Section):
+    secret_key: Path | None = Field(None, description=(
+        "The daemon's secret certificate (daemon.key_secret from `crack-edge keys`, mode 0600); with "
+        "authorized_keys it makes the socket a CurveZMQ server: encrypted, only authorised viewers "
+        "(relative paths lie under $CREDENTIALS_DIRECTORY when systemd's LoadCredential= sets it)"))
+    authorized_keys: Path | None = Field(None, description=(
+        "Folder of the public certificates (*.key) of the viewers allowed to subscribe; read again on SIGHUP"))
+    allow_insecure: bool = Field(False, description=(
+        "Publish unencrypted to anyone on a non-loopback endpoint when no keys are set (otherwise the daemon "
+        "refuses to start, exit 78); the choice is logged as a warning"))
+
+    @model_validator(mode="after")
+    def _together(self) -> "SecurityConfig":
+        if (self.secret_key is None) != (self.authorized_keys is None):
+            missing = "authorized_keys" if self.authorized_keys is None else "secret_key"
+            raise ValueError(f"{missing} is needed as well: secret_key and authorized_keys go together")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_key is not None
+
+    def resolved_secret_key(self) -> Path | None:
+        if self.secret_key is not None and not self.secret_key.is_absolute() and os.environ.get("CREDENTIALS_DIRECTORY"):
+            return Path(os.environ["CREDENTIALS_DIRECTORY"]) / self.secret_key
+        return self.secret_key
+
+
 class EdgeConfig(BaseSettings):
     """Everything the edge daemon reads at start-up."""
 
@@ -195,6 +223,7 @@ class EdgeConfig(BaseSettings):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="The ZeroMQ PUB socket and heartbeat")
     record: RecordConfig = Field(default_factory=RecordConfig, description="Local 'nothing lost' recordings")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Threads, queues and stopping")
+    security: SecurityConfig = Field(default_factory=SecurityConfig, description="CurveZMQ keys of the PUB socket")
 
     @field_validator("vehicle_id")
     @classmethod
