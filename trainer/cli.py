@@ -1,4 +1,4 @@
-"""``crack-train``: one sub-command per step, each a thin layer over a function with explicit paths.
+"""crack-train: one sub-command per step, each a thin layer over a function with explicit paths.
 
     crack-train teacher   step 1: train the teacher on hard labels
     crack-train labels    step 2: the teacher's soft labels at temperature T, with a manifest
