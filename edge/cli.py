@@ -1,4 +1,4 @@
-"""``crack-edge run | check | bench``.
+"""``crack-edge run | check | bench | keys``.
 
 Only argparse at import time: ``crack-edge --help`` must answer at once on a Jetson, so the
 config, OpenCV and the runtimes are imported inside the commands.
@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+EXIT_CANTCREAT = 73
 EXIT_CONFIG = 78
 
 
@@ -54,7 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed frames first (default 3)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bench.add_argument("--all", action="store_true", help="every backend present, one row each")
+
+    keys = sub.add_parser("keys", help="create CurveZMQ key pairs: the daemon's and one per viewer (docs/security.md)")
+    keys.add_argument("--out", required=True, metavar="DIR", help=(
+        "folder for daemon.key (public) and daemon.key_secret; viewers' pairs go to DIR/viewers/"))
+    keys.add_argument("--viewer", action="append", default=[], type=_key_name, metavar="NAME",
+                      help="also create the pair NAME.key / NAME.key_secret for a viewer, repeatable")
     return parser
+
+
+def _key_name(name: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise argparse.ArgumentTypeError(f"{name!r}: use letters, digits, '.', '_' and '-' only")
+    return name
 
 
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -142,9 +157,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(cfg, frames=args.frames, warmup=args.warmup, as_json=args.json, all_backends=args.all)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from edge.security import SecurityError, create_keys
+
+    try:
+        made = create_keys(Path(args.out), args.viewer)
+    except SecurityError as e:
+        print(f"crack-edge: {e}", file=sys.stderr)
+        return EXIT_CANTCREAT
+    for public, created in made:
+        state = "created" if created else "exists, kept"
+        print(f"{state}: {public} (public) + {public.name}_secret (secret, mode 600)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench}[args.command](args)
+    return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys}[args.command](args)
 
 
 if __name__ == "__main__":
