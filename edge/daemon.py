@@ -69,8 +69,22 @@ def inference_size(cfg: EdgeConfig, card: Any) -> tuple[int, int] | str:
     return tuple(card.input_size) if size is None else size
 
 
-def open_publisher(cfg: EdgeConfig) -> tuple[Any, Any]:
-    """Bind the XPUB socket with bounded queues, linger and ZMTP heartbeats."""
+def open_security(cfg: EdgeConfig) -> Any:
+    """The CurveZMQ server for the socket (None without keys); StartupError(78) for the policy or a key file."""
+    from edge.security import CurveServer, SecurityError, check_policy
+
+    sec = cfg.security
+    try:
+        check_policy(cfg.publish.endpoint, sec.enabled, sec.allow_insecure, "security")
+        if not sec.enabled:
+            return None
+        return CurveServer(sec.resolved_secret_key(), sec.authorized_keys)
+    except SecurityError as e:
+        raise StartupError(str(e), EXIT_CONFIG) from None
+
+
+def open_publisher(cfg: EdgeConfig, curve: Any = None) -> tuple[Any, Any]:
+    """Bind the XPUB socket with bounded queues, linger and ZMTP heartbeats (a CurveZMQ server with ``curve``)."""
     import zmq
 
     p = cfg.publish
@@ -83,10 +97,14 @@ def open_publisher(cfg: EdgeConfig) -> tuple[Any, Any]:
         sock.setsockopt(zmq.HEARTBEAT_IVL, p.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, p.heartbeat_timeout_ms)
         sock.setsockopt(zmq.HEARTBEAT_TTL, p.heartbeat_ttl_ms)
+    if curve is not None:
+        curve.attach(sock)  # before bind: no peer may ever reach it unauthenticated
     try:
         sock.bind(p.endpoint)
     except zmq.ZMQError as e:
         sock.close(0)
+        if curve is not None:
+            curve.close()
         ctx.term()
         code = EXIT_UNAVAILABLE if e.errno == zmq.EADDRINUSE else EXIT_CONFIG
         raise StartupError(f"publish.endpoint={p.endpoint}: cannot bind: {e}", code) from None
@@ -107,6 +125,8 @@ class Daemon:
         self.supervisor: Any = None
         self.ctx: Any = None
         self.sock: Any = None
+        self.security: Any = None
+        self.reload_requested = False
         self.model_sha256 = ""
         self.size: tuple[int, int] | str = (0, 0)
         self.fps_window: collections.deque = collections.deque(maxlen=60)
@@ -135,7 +155,10 @@ class Daemon:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.handle_exit)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal must not stop a vehicle
+        signal.signal(signal.SIGHUP, self.handle_reload)  # also: a closed terminal must not stop a vehicle
+
+    def handle_reload(self, sig: int, frame: Any) -> None:
+        self.reload_requested = True
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.should_exit:
@@ -156,12 +179,13 @@ class Daemon:
             spec = parse_source(cfg.source.uri)
         except ValueError as e:
             raise StartupError(f"source.uri: {e}", EXIT_CONFIG) from None
+        self.security = open_security(cfg)
         path, card = model_and_card(cfg)
         self.model_sha256 = card.sha256 or sha256_file(path)
         self.backend = build_backend(cfg, path, card)
         self.size = inference_size(cfg, card)
         recorder = self.open_recorder()
-        self.ctx, self.sock = open_publisher(cfg)
+        self.ctx, self.sock = open_publisher(cfg, self.security)
         every = cfg.source.mode == "every" or (cfg.source.mode == "auto" and not spec.live)
         thr = cfg.model.threshold if cfg.model.threshold is not None else card.threshold
         ident = PipelineIdentity(cfg.vehicle_id, self.run_id, self.model_sha256, thr, cfg.model.min_component_px,
@@ -208,6 +232,9 @@ class Daemon:
 
     def tick(self, now: float) -> None:
         p, s = self.pipeline, self.supervisor
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload_keys()
         if not self.capture_started:
             # The source starts once a subscriber came or the wait is over (publish.wait_subscriber_s).
             wait = self.cfg.publish.wait_subscriber_s
@@ -232,6 +259,15 @@ class Daemon:
             p.send_status(header)
             systemd.notify(f"STATUS={self.status_line(header)}")
         self.watchdog(now)
+
+    def reload_keys(self) -> None:
+        """SIGHUP: read the authorised-keys folder again; the socket and the stream stay."""
+        if self.security is None:
+            log.info("SIGHUP: no keys configured, nothing to reload")
+            return
+        if self.security.reload().removed:
+            # ZAP is asked only at connect: cut every connection so that each is authorised again.
+            self.pipeline.call_on_socket(self.security.reauthenticate)
 
     def watchdog(self, now: float) -> None:
         if self.watchdog_period is None or now < self.next_watchdog:
@@ -301,6 +337,8 @@ class Daemon:
         threads_done = p is None or not (p.infer_thread.is_alive() or p.publish_thread.is_alive())
         if self.sock is not None and threads_done:
             self.sock.close(self.cfg.publish.linger_ms)
+            if self.security is not None:
+                self.security.close()
             self.ctx.term()
         if self.backend is not None and threads_done:
             self.backend.close()

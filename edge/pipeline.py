@@ -145,6 +145,7 @@ class Pipeline:
         self.beats = {"inference": time.monotonic(), "publish": time.monotonic()}
         self.busy = {"inference": False, "publish": False}
         self.seq = {"mask": 0, "status": 0}
+        self._socket_calls: list[Callable[[zmq.Socket], Any]] = []
         self.infer_thread = threading.Thread(target=self._guard, args=("inference", self._infer_loop),
                                              name="inference", daemon=True)
         self.publish_thread = threading.Thread(target=self._guard, args=("publish", self._publish_loop),
@@ -164,6 +165,11 @@ class Pipeline:
         """Queue a status heartbeat; the publish thread sends it within ~50 ms."""
         with self._status_lock:
             self._status = [header]  # an unsent older heartbeat is stale: replace it
+
+    def call_on_socket(self, fn: Callable[[zmq.Socket], Any]) -> None:
+        """Run ``fn(socket)`` on the publish thread, the socket's only user, within ~50 ms."""
+        with self._status_lock:
+            self._socket_calls.append(fn)
 
     def idle(self) -> bool:
         return not (len(self.frames) or len(self.results) or self.busy["inference"] or self.busy["publish"])
@@ -225,6 +231,7 @@ class Pipeline:
             self._wait_subscriber()
         while True:
             self.beats["publish"] = time.monotonic()
+            self._run_socket_calls()
             self._flush_status()
             self._drain_subscriptions()
             if self.stop_event.is_set() and not len(self.results):
@@ -265,6 +272,12 @@ class Pipeline:
             return True
         except zmq.Again:
             return False
+
+    def _run_socket_calls(self) -> None:
+        with self._status_lock:
+            calls, self._socket_calls = self._socket_calls, []
+        for fn in calls:
+            fn(self.socket)
 
     def _flush_status(self) -> None:
         with self._status_lock:

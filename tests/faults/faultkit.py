@@ -211,3 +211,18 @@ def write_clip(path: Path, n: int, size: tuple[int, int] = (96, 64), fps: float 
         vw.write(img)
     vw.release()
     return path
+
+
+def tcp_send_queue(local_port: int) -> int:
+    """Bytes waiting in the kernel's send queues of the TCP connections from ``local_port``."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if int(f[1].rsplit(":", 1)[1], 16) == local_port and f[3] == "01":  # ESTABLISHED
+                total += int(f[4].split(":")[0], 16)
+    return total
