@@ -200,19 +200,20 @@ class _RefusalLog:
 
     def __init__(self, window_s: float = REFUSAL_LOG_WINDOW_S) -> None:
         self.window_s = window_s
-        self.seen: dict[tuple[str, str], tuple[float, int]] = {}
+        self.seen: dict[tuple[str, str, str], tuple[float, int]] = {}
         self.lock = threading.Lock()
 
     def refused(self, host: str, reason: str, **fields: Any) -> None:
-        """Log a refusal of a peer at ``host`` (its IP address), unless one was logged lately."""
+        """Log a refusal of a peer at ``host`` (its IP address), unless the same was logged lately."""
         now = time.monotonic()
         reason = reason.replace(" ", "_")
+        same = (host, reason, str(fields.get("key", "")))  # each unknown key is named at least once
         with self.lock:
-            first, count = self.seen.get((host, reason), (-1e18, 0))
+            first, count = self.seen.get(same, (-1e18, 0))
             if now - first < self.window_s:
-                self.seen[(host, reason)] = (first, count + 1)
+                self.seen[same] = (first, count + 1)
                 return
-            self.seen[(host, reason)] = (now, 0)
+            self.seen[same] = (now, 0)
         extra = "".join(f" {k}={v}" for k, v in fields.items())
         again = f" refused_since_last_line={count}" if count else ""
         log.warning("event=auth_refused peer=%s reason=%s%s%s", host, reason, extra, again)
@@ -292,10 +293,14 @@ class _HandshakeWatch(threading.Thread):
                 reason, detail = self.failed
                 self.failed = None
                 # ZAP refusals were logged by the authenticator, with the key.
-                if reason != "auth_failed":
+                # A plaintext peer is caught by whichever side reads the other's greeting first:
+                # here (mechanism mismatch) or at the peer, which hangs up (a failure with an errno).
+                if reason == "protocol_error":
                     why = "mechanism_mismatch(plaintext_or_other_security)" \
-                        if detail == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else f"{reason}:{detail}"
+                        if detail == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH else f"protocol_error({detail:#x})"
                     self.refusals.refused(host, why, port=port)
+                elif reason == "handshake_failed":
+                    self.refusals.refused(host, f"handshake_failed(errno={detail})", port=port)
 
 
 def _peer_name(fd: int) -> tuple[str, int]:
