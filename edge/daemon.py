@@ -54,14 +54,61 @@ def model_and_card(cfg: EdgeConfig) -> tuple[Path, Any]:
 
 def build_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
     """Create and load the configured backend, or a StartupError(78) with the runtime's reason."""
+    if path.suffix == ".engine":
+        return engine_backend(cfg, path, card)
+    return load_backend(cfg.backend.name, cfg, path, card)
+
+
+def load_backend(name: str, cfg: EdgeConfig, path: Path, card: Any) -> Any:
     from edge.backends.base import BackendError, create_backend
 
     try:
-        backend = create_backend(cfg.backend.name, path, card, **cfg.backend.runtime_options())
+        backend = create_backend(name, path, card, **cfg.backend.runtime_options())
         backend.load()
     except BackendError as e:
-        raise StartupError(f"backend.name={cfg.backend.name}: {e}", EXIT_CONFIG) from None
+        raise StartupError(f"backend.name={name}: {e}", EXIT_CONFIG) from None
     return backend
+
+
+def engine_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
+    """A prebuilt TensorRT engine, checked before TensorRT is handed its bytes.
+
+    Asked for ``tensorrt``, a refused engine is a config error (78) with the reason.  With ``auto``
+    the refusal is logged and the ONNX model beside the engine is loaded instead (by TensorRT,
+    which then builds a fitting engine into its cache, or by the next runtime present).
+    """
+    from edge.backends.base import available_backends
+    from edge.backends.tensorrt import EngineRefused, check_engine
+
+    name = cfg.backend.name
+    if name not in ("auto", "tensorrt"):
+        raise StartupError(f"model.path: {path} is a TensorRT engine; backend.name={name} needs the .onnx model",
+                           EXIT_CONFIG)
+    try:
+        check_engine(path)  # integrity from its sidecar: needs no TensorRT
+        if name == "auto" and "tensorrt" not in available_backends():
+            raise EngineRefused(path, "TensorRT is not installed on this machine")
+        return load_backend("tensorrt", cfg, path, card)
+    except EngineRefused as e:
+        if name == "tensorrt":
+            raise StartupError(f"backend.name=tensorrt: {e}", EXIT_CONFIG) from None
+        reason = e.reason
+    except StartupError as e:  # TensorRT's own checks (its version, the GPU) refused it
+        if name == "tensorrt":
+            raise
+        reason = str(e)
+    onnx = path.with_suffix(".onnx")
+    if not onnx.is_file():
+        raise StartupError(f"model.path: {path}: engine refused ({reason}) and no {onnx.name} beside it to fall back to",
+                           EXIT_CONFIG)
+    log.warning("engine refused path=%s reason=%r action=fallback model=%s", path, reason, onnx)
+    from models.card import CardError, load_card
+
+    try:  # the ONNX file now runs: hold it to its card's sha256 like any other model
+        card = load_card(onnx, verify=cfg.model.verify_sha256)
+    except CardError as e:
+        raise StartupError(f"model.path: {e}", EXIT_CONFIG) from None
+    return load_backend("auto", cfg, onnx, card)
 
 
 def inference_size(cfg: EdgeConfig, card: Any) -> tuple[int, int] | str:
@@ -93,6 +140,7 @@ def open_publisher(cfg: EdgeConfig, curve: Any = None) -> tuple[Any, Any]:
     sock.setsockopt(zmq.SNDHWM, p.send_hwm)
     sock.setsockopt(zmq.LINGER, p.linger_ms)
     sock.setsockopt(zmq.SNDTIMEO, 0)
+    sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every viewer's subscription, not only the first per topic
     if p.heartbeat_ivl_ms:
         sock.setsockopt(zmq.HEARTBEAT_IVL, p.heartbeat_ivl_ms)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, p.heartbeat_timeout_ms)

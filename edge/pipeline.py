@@ -142,6 +142,7 @@ class Pipeline:
         self.failure: BaseException | None = None
         self._status: list[dict[str, Any]] = []
         self._status_lock = threading.Lock()
+        self._last_status: dict[str, Any] | None = None
         self.beats = {"inference": time.monotonic(), "publish": time.monotonic()}
         self.busy = {"inference": False, "publish": False}
         self.seq = {"mask": 0, "status": 0}
@@ -265,6 +266,13 @@ class Pipeline:
                 return
             if msg[:1] == b"\x01":
                 self.subscribed.set()
+                topic = msg[1:]
+                if self._last_status is not None and (wire.STATUS_PREFIX.encode().startswith(topic)
+                                                      or topic.startswith(wire.STATUS_PREFIX.encode())):
+                    # A late joiner learns vehicle, model and frame size now, not at the next tick.
+                    with self._status_lock:
+                        if not self._status:
+                            self._status = [self._last_status]
 
     def _send(self, frames: list[bytes]) -> bool:
         try:
@@ -283,6 +291,7 @@ class Pipeline:
         with self._status_lock:
             pending, self._status = self._status, []
         for header in pending:
+            self._last_status = header
             header = {**header, "seq": self.seq["status"], "t_publish": time.time()}
             self.seq["status"] += 1
             frames = wire.encode_status(header)
