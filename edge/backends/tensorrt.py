@@ -105,8 +105,13 @@ def write_engine(path: Path, blob: bytes, ident: EngineIdentity) -> None:
     _atomic_write(sidecar_path(path), (json.dumps(header, indent=2) + "\n").encode())
 
 
-def check_engine(path: Path, trt_version: str, gpu_name: str, model_sha256: str | None = None) -> bytes:
-    """The engine's bytes if its sidecar says it fits this TensorRT and GPU; else EngineRefused."""
+def check_engine(path: Path, trt_version: str | None = None, gpu_name: str | None = None,
+                 model_sha256: str | None = None) -> bytes:
+    """The engine's bytes if its sidecar says it fits this TensorRT and GPU; else EngineRefused.
+
+    With ``trt_version`` and ``gpu_name`` None (no TensorRT here to ask) only the file's own
+    integrity is checked: sidecar present and readable, size and sha256 as recorded.
+    """
     side = sidecar_path(path)
     try:
         header = json.loads(side.read_text())
@@ -117,9 +122,9 @@ def check_engine(path: Path, trt_version: str, gpu_name: str, model_sha256: str 
     if not isinstance(header, dict) or header.get("format") != ENGINE_FORMAT:
         raise EngineRefused(path, f"sidecar format {header.get('format') if isinstance(header, dict) else None!r}, "
                                   f"expected {ENGINE_FORMAT}")
-    if header.get("trt_version") != trt_version:
+    if trt_version is not None and header.get("trt_version") != trt_version:
         raise EngineRefused(path, f"built with TensorRT {header.get('trt_version')}, this is TensorRT {trt_version}")
-    if header.get("gpu_name") != gpu_name:
+    if gpu_name is not None and header.get("gpu_name") != gpu_name:
         raise EngineRefused(path, f"built for GPU {header.get('gpu_name')!r}, this is {gpu_name!r}")
     if model_sha256 and header.get("model_sha256") != model_sha256:
         raise EngineRefused(path, f"built from model {str(header.get('model_sha256'))[:12]}, "
