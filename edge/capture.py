@@ -32,6 +32,9 @@ NETWORK_SCHEMES = {"rtsp", "rtsps", "rtmp", "http", "https", "tcp", "udp", "srt"
 LIVE_KINDS = {"v4l2", "gstreamer", "network"}
 # Abandoned readers still blocked in a read; beyond this many no new reader is started.
 MAX_STUCK_READERS = 4
+# FFmpeg ends a stalled network read itself after read_timeout_s; a read still blocked this many
+# times longer (a V4L2 driver, a GStreamer pipeline) is abandoned by the supervisor.
+ABANDON_FACTOR = 1.5
 
 
 class SourceError(Exception):
@@ -338,8 +341,8 @@ class SourceSupervisor:
                     self.state = "stopped"
                 else:
                     self._fail(now, t.error or "source ended")
-            elif t.read_since is not None and now - t.read_since > self.cfg.read_timeout_s:
-                self._abandon(t, now, f"read blocked for more than {self.cfg.read_timeout_s:g}s")
+            elif t.read_since is not None and now - t.read_since > ABANDON_FACTOR * self.cfg.read_timeout_s:
+                self._abandon(t, now, f"read blocked for more than {ABANDON_FACTOR * self.cfg.read_timeout_s:g}s")
             elif t.opened_at is None and now - t.started_at > self.cfg.open_timeout_s:
                 self._abandon(t, now, f"open took more than {self.cfg.open_timeout_s:g}s")
             elif t.frames and self.state != "ok":

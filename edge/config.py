@@ -53,7 +53,8 @@ class SourceConfig(Section):
         "Frame rate for pacing when the file has none or for folders (default: the file's own, 10 for folders)"))
     camera_size: tuple[int, int] | None = Field(None, description="[W, H] to request from a V4L2 camera (default: its own)")
     read_timeout_s: float = Field(5.0, gt=0, description=(
-        "A read that has not returned after this long is abandoned and the source reconnected"))
+        "Network reads time out after this long (FFmpeg); any read still blocked after 1.5 times "
+        "this is abandoned and the source reopened"))
     open_timeout_s: float = Field(10.0, gt=0, description="Opening a source that takes longer counts as a failure")
     reconnect_min_s: float = Field(0.5, gt=0, description="First wait before reopening a failed source")
     # Half the 10 s within which masks must resume after a camera returns (docs/reliability.md).
