@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import zmq
 import zmq.auth
@@ -151,14 +151,15 @@ def requires_security(endpoint: str) -> bool:
         return True  # '*', a network interface name or a host name: reachable from outside
 
 
-def check_policy(endpoint: str, secured: bool, allow_insecure: bool, setting: str) -> None:
+def check_policy(endpoint: str, secured: bool, allow_insecure: bool, setting: str, keys: str = "") -> None:
     """Refuse (SecurityError) a reachable endpoint without keys, unless insecure was chosen (then warn)."""
     if secured or not requires_security(endpoint):
         return
     if not allow_insecure:
+        keys = keys or f"{setting}.secret_key and {setting}.authorized_keys"
         raise SecurityError(
-            f"{endpoint} is reachable from other machines and no keys are configured: set {setting}.secret_key "
-            f"and {setting}.authorized_keys (see docs/security.md), or {setting}.allow_insecure = true")
+            f"{endpoint} is reachable from other machines and no keys are configured: set {keys} "
+            f"(see docs/security.md), or {setting}.allow_insecure = true")
     log.warning("event=insecure endpoint=%s setting=%s.allow_insecure=true: anyone who reaches this port "
                 "can read the stream unencrypted", endpoint, setting)
 
@@ -167,30 +168,41 @@ def check_policy(endpoint: str, secured: bool, allow_insecure: bool, setting: st
 
 @dataclass(frozen=True)
 class ClientCurve:
-    """A viewer's own key pair and the public key of the server it connects to."""
+    """A viewer's own key pair and the public keys of the servers it connects to.
+
+    ``servers`` holds one key for every endpoint, or a single key shared by all of them.
+    """
     public: bytes
     secret: bytes
-    server: bytes
+    servers: tuple[bytes, ...]
 
-    def apply(self, sock: zmq.Socket) -> zmq.Socket:
-        """Make ``sock`` a CURVE client; must precede connect()."""
-        sock.curve_serverkey = self.server
+    def apply(self, sock: zmq.Socket, index: int = 0) -> zmq.Socket:
+        """Make ``sock`` a CURVE client of the ``index``-th server; must precede that connect().
+
+        libzmq reads these options at each connect(), so one socket can reach several daemons,
+        each with its own key.
+        """
+        sock.curve_serverkey = self.servers[index if len(self.servers) > 1 else 0]
         sock.curve_publickey = self.public
         sock.curve_secretkey = self.secret
         return sock
 
 
-def load_client(server_key: Path | None, key: Path | None, server_what: str = "server_key",
-                key_what: str = "key") -> ClientCurve | None:
-    """Both files or neither: None means plaintext."""
-    if server_key is None and key is None:
+def load_client(server_key: Path | Sequence[Path] | None, key: Path | None, server_what: str = "server_key",
+                key_what: str = "key", endpoints: int = 1) -> ClientCurve | None:
+    """Both settings or neither (None means plaintext); one server key, or one per endpoint."""
+    servers = [server_key] if isinstance(server_key, (str, Path)) else list(server_key or [])
+    if not servers and key is None:
         return None
-    if server_key is None:
+    if not servers:
         raise SecurityError(f"{server_what}: {key_what} is set but not the daemon's public key file")
     if key is None:
         raise SecurityError(f"{key_what}: {server_what} is set but not this viewer's own secret key file")
+    if len(servers) not in (1, endpoints):
+        raise SecurityError(f"{server_what}: {len(servers)} keys for {endpoints} endpoints "
+                            "(give one per endpoint, in the same order, or one for all)")
     public, secret = load_secret(Path(key), key_what)
-    return ClientCurve(public, secret, load_public(Path(server_key), server_what))
+    return ClientCurve(public, secret, tuple(load_public(Path(p), server_what) for p in servers))
 
 
 # ------------------------------------------------------------------ server side

@@ -30,6 +30,9 @@ def _common(p: argparse.ArgumentParser, connect: bool = True) -> None:
         p.add_argument("--subscribe", action="append", metavar="PREFIX",
                        help="topic prefix to subscribe to, repeatable (default: everything)")
         p.add_argument("--stale-after", type=float, metavar="S", help="seconds of silence before a vehicle is stale")
+        p.add_argument("--server-key", action="append", metavar="FILE", help=(
+            "public certificate of the daemon or relay (daemon.key): CurveZMQ; repeatable, one per --connect"))
+        p.add_argument("--key", metavar="FILE", help="this viewer's own secret certificate (NAME.key_secret)")
     p.add_argument("--event-loop", choices=["auto", "asyncio", "uvloop"], help="asyncio loop (default auto: uvloop)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--validate-config", action="store_true", help="print the resulting settings and exit")
@@ -73,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("relay", help="forward many daemons to many viewers (XSUB/XPUB proxy)")
     _common(x)
     x.add_argument("--bind", metavar="ENDPOINT", help="endpoint viewers connect to (default tcp://127.0.0.1:5556)")
+    x.add_argument("--authorized-keys", metavar="DIR", help=(
+        "folder of viewers' public certificates: the relay's XPUB becomes a CurveZMQ server with --key"))
+    x.add_argument("--allow-insecure", action="store_true", default=None,
+                   help="relay in the clear on a non-loopback --bind without keys")
 
     b = sub.add_parser("bench", help="decode throughput on one core (messages/s)")
     b.add_argument("--seconds", type=float, default=2.0, help="seconds per case")
@@ -84,6 +91,7 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
     flags: dict[str, Any] = {
         "config": g("config"), "connect": g("connect"), "subscribe": g("subscribe"),
         "stale_after_s": g("stale_after"), "loop": g("event_loop"), "log_level": g("log_level"),
+        "server_key": g("server_key"), "key": g("key"),
     }
     if a.command == "watch":
         flags["watch"] = {"headless": a.headless, "out": a.out, "format": a.format, "count": a.count,
@@ -96,7 +104,7 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
         flags["replay"] = {"file": a.file, "bind": a.bind, "speed": a.speed, "loop": a.loop,
                            "wait_subscriber_s": a.wait_subscriber, "sndhwm": a.sndhwm}
     elif a.command == "relay":
-        flags["relay"] = {"bind": a.bind}
+        flags["relay"] = {"bind": a.bind, "authorized_keys": a.authorized_keys, "allow_insecure": a.allow_insecure}
     return flags
 
 

@@ -90,6 +90,11 @@ class ReplayConfig(_Section):
 
 class RelayConfig(_Section):
     bind: str = Field("tcp://127.0.0.1:5556", description="Endpoint the relay's XPUB binds for viewers")
+    authorized_keys: Path | None = Field(None, description=(
+        "Folder of the public certificates (*.key) of viewers allowed on the relay; makes the relay's XPUB a "
+        "CurveZMQ server whose key pair is `key` (viewers then use the relay's public certificate as server_key)"))
+    allow_insecure: bool = Field(False, description=(
+        "Relay unencrypted to anyone on a non-loopback bind without authorized_keys (refused otherwise, exit 78)"))
 
     _bind = field_validator("bind")(_check_endpoint)
 
@@ -108,6 +113,12 @@ class ViewerConfig(BaseSettings):
     subscribe: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [""], description="Topic prefixes to subscribe to ('' for all, e.g. mask/truck-7)")
     rcvhwm: int = Field(Defaults.RCVHWM, ge=1, description="Messages queued per connection before dropping")
+    server_key: Annotated[list[Path], NoDecode] = Field(default_factory=list, description=(
+        "Public certificate of the daemon (or relay) connected to, e.g. daemon.key: connect as a CurveZMQ "
+        "client; one for all endpoints, or one per `connect` entry in the same order"))
+    key: Path | None = Field(None, description=(
+        "This viewer's own secret certificate (NAME.key_secret from `crack-edge keys`, mode 0600), "
+        "whose public half is in the daemon's authorised folder"))
     stale_after_s: float = Field(Defaults.STALE_AFTER_S, gt=0, description="Silence after which a vehicle is stale")
     loop: Literal["auto", "asyncio", "uvloop"] = Field("auto", description="Event loop; auto picks uvloop if installed")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Logging threshold")
@@ -116,7 +127,7 @@ class ViewerConfig(BaseSettings):
     replay: ReplayConfig = Field(default_factory=ReplayConfig, description="`crack-viewer replay` settings")
     relay: RelayConfig = Field(default_factory=RelayConfig, description="`crack-viewer relay` settings")
 
-    _split = field_validator("connect", "subscribe", mode="before")(_split_list)
+    _split = field_validator("connect", "subscribe", "server_key", mode="before")(_split_list)
 
     @field_validator("connect")
     @classmethod
@@ -141,6 +152,24 @@ class ViewerConfig(BaseSettings):
             raise ConfigError("record.out: record needs --out DIR")
         if command == "replay" and self.replay.file is None:
             raise ConfigError("replay.file: replay needs a recording FILE or folder")
+        if command in ("watch", "record", "relay"):
+            from edge.security import SecurityError, check_policy
+
+            try:
+                self.client_curve()
+                if command == "relay":
+                    if self.relay.authorized_keys is not None and self.key is None:
+                        raise SecurityError("key: relay.authorized_keys needs the relay's own key pair in `key`")
+                    check_policy(self.relay.bind, self.relay.authorized_keys is not None, self.relay.allow_insecure,
+                                 "relay", keys="key and relay.authorized_keys")
+            except SecurityError as e:
+                raise ConfigError(str(e)) from None
+
+    def client_curve(self) -> Any:
+        """The CurveZMQ client keys (edge.security.ClientCurve), or None for plaintext; SecurityError if unusable."""
+        from edge.security import load_client
+
+        return load_client(self.server_key or None, self.key, endpoints=len(self.connect))
 
 
 def _env_names(model: type[BaseModel], prefix: str) -> set[str]:

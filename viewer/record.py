@@ -45,7 +45,8 @@ class RecordApp:
         self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
                                       int(self.rcfg.max_total_mb * 2**20))
         self.ctx = zmq.asyncio.Context()
-        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm)
+        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm,
+                              curve=self.cfg.client_curve())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop)

@@ -27,11 +27,22 @@ class RelayApp:
 
     def serve(self) -> int:
         self.ctx = zmq.Context()
-        front = subscriber(self.ctx, self.cfg.connect, rcvhwm=self.cfg.rcvhwm, kind=zmq.XSUB)
+        # Security on both sides: a CURVE client of the daemons, a CURVE server (own authorised
+        # folder, same key pair) for the viewers.
+        front = subscriber(self.ctx, self.cfg.connect, rcvhwm=self.cfg.rcvhwm, kind=zmq.XSUB,
+                           curve=self.cfg.client_curve())
+        self.curve_server = None
+        if self.cfg.relay.authorized_keys is not None:
+            from edge.security import CurveServer
+
+            assert self.cfg.key is not None, "checked by ViewerConfig.require"
+            self.curve_server = CurveServer(self.cfg.key, self.cfg.relay.authorized_keys, setting="relay")
         try:
-            back = publisher(self.ctx, self.cfg.relay.bind, kind=zmq.XPUB)
+            back = publisher(self.ctx, self.cfg.relay.bind, kind=zmq.XPUB, curve_server=self.curve_server)
         except OSError:
             front.close()
+            if self.curve_server is not None:
+                self.curve_server.close()
             self.ctx.term()
             raise
         ctl_addr = f"inproc://relay-control-{id(self)}"
@@ -53,6 +64,8 @@ class RelayApp:
                 signal.signal(s, h)
             for sock in (ctl_client, ctl_server, front, back):
                 sock.close()
+            if self.curve_server is not None:
+                self.curve_server.close()
             self.ctx.term()
             log.info("event=relay_stopped")
         return 0

@@ -6,7 +6,7 @@ half-open links after a network partition) cannot be forgotten in one command.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Any, Iterable
 
 import zmq
 
@@ -27,23 +27,34 @@ def apply_defaults(sock: zmq.Socket) -> zmq.Socket:
 
 
 def subscriber(ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
-               rcvhwm: int = Defaults.RCVHWM, kind: int = zmq.SUB) -> zmq.Socket:
-    """A SUB (or XSUB) connected to every endpoint; it reconnects by itself when a peer returns."""
+               rcvhwm: int = Defaults.RCVHWM, kind: int = zmq.SUB, curve: Any = None) -> zmq.Socket:
+    """A SUB (or XSUB) connected to every endpoint; it reconnects by itself when a peer returns.
+
+    ``curve`` (edge.security.ClientCurve) makes each connection a CurveZMQ client.
+    """
     sock = apply_defaults(ctx.socket(kind))
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     if kind == zmq.SUB:
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-    for ep in endpoints:
+    for i, ep in enumerate(endpoints):
+        if curve is not None:
+            curve.apply(sock, i)
         sock.connect(ep)
-        log.info("event=connect endpoint=%s", ep)
+        log.info("event=connect endpoint=%s curve=%s", ep, "yes" if curve is not None else "no")
     return sock
 
 
-def publisher(ctx: zmq.Context, endpoint: str, sndhwm: int = Defaults.SNDHWM, kind: int = zmq.XPUB) -> zmq.Socket:
-    """A bound (X)PUB; XPUB by default so the sender can see subscriptions arrive."""
+def publisher(ctx: zmq.Context, endpoint: str, sndhwm: int = Defaults.SNDHWM, kind: int = zmq.XPUB,
+              curve_server: Any = None) -> zmq.Socket:
+    """A bound (X)PUB; XPUB by default so the sender can see subscriptions arrive.
+
+    ``curve_server`` (edge.security.CurveServer) is attached before binding; the caller closes it.
+    """
     sock = apply_defaults(ctx.socket(kind))
     sock.setsockopt(zmq.SNDHWM, sndhwm)
+    if curve_server is not None:
+        curve_server.attach(sock)
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as e:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import zmq
 import zmq.asyncio
@@ -76,9 +76,9 @@ class Subscriber:
     """A SUB socket connected to ``endpoints``; ``run(on_frames)`` delivers until cancelled."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
-                 rcvhwm: int = wire.Defaults.RCVHWM) -> None:
+                 rcvhwm: int = wire.Defaults.RCVHWM, curve: Any = None) -> None:
         self.endpoints = list(endpoints)
-        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm)
+        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm, curve=curve)
         self._monitor = self.sock.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)

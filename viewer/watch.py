@@ -60,7 +60,8 @@ class WatchApp:
             check_display()  # before any socket: nothing to clean up when there is no screen
         self.t0 = time.monotonic()
         self.ctx = zmq.asyncio.Context()
-        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm)
+        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm,
+                              curve=self.cfg.client_curve())
         if self.wcfg.headless:
             assert self.wcfg.out is not None
             self.sink: HeadlessSink | None = HeadlessSink(self.wcfg.out, self.wcfg.format, self.wcfg.mp4_fps)
