@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.auth
 
 from edge import security, wire
 

@@ -21,7 +21,7 @@ import zmq
 import zmq.auth
 
 from edge import security
-from edge.security import ClientCurve, CurveServer, SecurityError
+from edge.security import CurveServer, SecurityError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 import zmq
+import zmq.auth
 
 from edge import security
 from edge.recording import read_records
