@@ -70,8 +70,16 @@ class OpenVINOBackend(Backend):
         self.device = str(self.options.get("device") or "CPU")
         self.threads = int(self.options.get("threads") or 0)
         self.cache_dir = self.options.get("cache_dir")
+        self.cache_error = ""
         if self.cache_dir:
-            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                # A read-only cache costs start-up time, not frames: run on, and say so.
+                self.cache_error = f"cache_dir {self.cache_dir}: {e.strerror}"
+                log.warning("event=cache_disabled backend=openvino reason=%r", self.cache_error)
+                self.cache_dir = None
+        if self.cache_dir:
             # A core-wide property: every compile_model below reads or fills the cache.
             self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         try:
@@ -109,6 +117,9 @@ class OpenVINOBackend(Backend):
                 reason = f"this CPU has no BF16 (OPTIMIZATION_CAPABILITIES={','.join(caps)}); running fp32"
                 log.warning("event=precision_fallback backend=openvino requested=bf16 used=fp32 reason=%r", reason)
                 return "fp32", reason
+        if wanted != "int8" and self.quantize_points:
+            log.info("event=qdq_model backend=openvino precision=%s note=%r", wanted,
+                     "the file is QDQ INT8: its quantised layers run in int8 whatever the precision")
         return wanted, ""
 
     def _compile_config(self) -> dict[str, Any]:
@@ -170,4 +181,6 @@ class OpenVINOBackend(Backend):
                         from_cache=dict(self.from_cache))
             if self.fallback_reason:
                 info["fallback_reason"] = self.fallback_reason
+            if self.cache_error:
+                info["cache_error"] = self.cache_error
         return info

@@ -251,3 +251,14 @@ def test_daemon_with_openvino_matches_onnxruntime_on_demo_clip(student_onnx, int
     print("int8 vs onnxruntime fp32 IoU per frame:", [round(float(i), 3) for i in ious])
     assert min(ious) >= 0.9, ious
     assert ov8[0].header["model_sha256"] == sha256_file(int8_onnx)
+
+
+def test_unusable_cache_dir_runs_uncached_and_says_why(student_onnx, frames, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache folder should be")
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", threads=1,
+                             cache_dir=str(blocker / "cache"))
+    backend.load()
+    assert backend.infer(frames[0]).shape == (1, 1, 64, 96)
+    info = backend.describe()
+    assert info["cache_dir"] is None and "not-a-dir" in info["cache_error"]
