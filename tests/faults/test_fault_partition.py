@@ -5,7 +5,8 @@ namespace; the viewer (``crack-viewer watch --headless``) in the other.  (a) The
 goes down for 20 s; (b) an nftables rule on each side drops every packet from the other, so TCP
 hangs with neither FIN nor RST.  Each time: the daemon's publish rate does not drop, the viewer
 marks the vehicle stale within its timeout, notices the dead connection by ZMTP heartbeats, and
-resumes by itself once the network returns; neither process restarts.
+resumes by itself once the network returns; neither process restarts.  The link is secured
+with CurveZMQ as it would be between machines, so every reconnection redoes the handshake.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import zmq.auth
 
 from edge import wire
 from edge.recording import read_records
@@ -58,19 +60,32 @@ class Rig:
             sh("ip", "-n", ns, "link", "set", "lo", "up")
         port = 5555
         clip = write_clip(root / "clip.mp4", 40, fps=FPS)
+        # As on a real network: CurveZMQ, the daemon a server, viewer and recorder authorised clients.
+        keys, authorized = root / "keys", root / "authorized"
+        keys.mkdir()
+        authorized.mkdir()
+        zmq.auth.create_certificates(str(keys), "daemon")
+        zmq.auth.create_certificates(str(keys), "viewer")
+        for secret in keys.glob("*.key_secret"):
+            secret.chmod(0o600)
+        shutil.copy(keys / "viewer.key", authorized / "viewer.key")
+        client = ["--server-key", str(keys / "daemon.key"), "--key", str(keys / "viewer.key_secret")]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CRACK_", "NOTIFY_SOCKET", "WATCHDOG_"))}
         env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(root / "cache")})
-        self.daemon = self.spawn(self.ns_d, "daemon", env, "edge.cli", "run", "--source", str(clip), "--pace",
+        denv = {**env, "CRACK_EDGE_SECURITY__SECRET_KEY": str(keys / "daemon.key_secret"),
+                "CRACK_EDGE_SECURITY__AUTHORIZED_KEYS": str(authorized)}
+        self.daemon = self.spawn(self.ns_d, "daemon", denv, "edge.cli", "run", "--source", str(clip), "--pace",
                                  "--model", str(model), "--backend", "onnxruntime", "--threads", "1",
                                  "--inference-size", "64x64", "--vehicle-id", VEHICLE,
                                  "--publish", f"tcp://0.0.0.0:{port}")
         self.recording = root / "recording"
         self.recorder = self.spawn(self.ns_d, "recorder", env, "viewer.cli", "record", "--connect",
-                                   f"tcp://127.0.0.1:{port}", "--out", str(self.recording))
+                                   f"tcp://127.0.0.1:{port}", "--out", str(self.recording), *client)
         self.viewer_out = root / "viewer"
         self.viewer = self.spawn(self.ns_v, "viewer", env, "viewer.cli", "watch", "--headless", "--out",
                                  str(self.viewer_out), "--connect", f"tcp://{D_ADDR}:{port}",
-                                 "--stale-after", str(STALE_AFTER_S), "--tile-width", "160", "--refresh-hz", "10")
+                                 "--stale-after", str(STALE_AFTER_S), "--tile-width", "160", "--refresh-hz", "10",
+                                 *client)
         self.viewer_log = root / "viewer.log"
 
     def spawn(self, ns: str, name: str, env: dict, module: str, *args: str) -> subprocess.Popen:
