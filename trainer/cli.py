@@ -7,6 +7,7 @@
     crack-train export    a checkpoint's deploy output to ONNX + model card
     crack-train profile   parameters and GFLOPs of a registered variant
     crack-train engine    a TensorRT engine (FP16 / INT8) where TensorRT is installed
+    crack-train quantize  INT8 QDQ ONNX calibrated on training images, refused if validation F1(2px) drops
 
 Exit status: 0 done, 2 usage, 65 bad data, 66 missing input, 69 tool unavailable, 78 bad config,
 130 interrupted (resume with the same command and --resume).
@@ -219,10 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-images", type=int, default=64, help="how many calibration images")
     p.add_argument("--calib-cache", type=Path, help="calibration cache (default NAME.calib; reused when present)")
     p.set_defaults(func=cmd_engine)
+    # quantize owns its parser (trainer/quantize.py); listed here so --help shows it.
+    sub.add_parser("quantize", add_help=False,
+                   help="INT8 QDQ ONNX with an accuracy guard (crack-train quantize -h for its flags)")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["quantize"]:
+        from trainer import quantize
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                            datefmt="%H:%M:%S")
+        return quantize.main(argv[1:])
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
