@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed frames first (default 3)")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     bench.add_argument("--all", action="store_true", help="every backend present, one row each")
+    bench.add_argument("--rounds", type=int, default=2, metavar="R",
+                       help="alternate bare and pipeline phases R times (a shared CPU then loads both alike)")
 
     keys = sub.add_parser("keys", help="create CurveZMQ key pairs: the daemon's and one per viewer (docs/security.md)")
     keys.add_argument("--out", required=True, metavar="DIR", help=(
@@ -154,7 +156,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     setup_logging("WARNING" if cfg.log_level == "INFO" else cfg.log_level)
     from edge.bench import main as bench_main
 
-    return bench_main(cfg, frames=args.frames, warmup=args.warmup, as_json=args.json, all_backends=args.all)
+    return bench_main(cfg, frames=args.frames, warmup=args.warmup, as_json=args.json, all_backends=args.all,
+                      rounds=args.rounds)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -1,0 +1,128 @@
+"""The pipeline's threads in-process: real ONNX Runtime, real XPUB/SUB sockets, real unix socket.
+
+Latest-frame-wins must account for every frame it skips (gaps in ``frame_index`` equal the drop
+counters), and a stalled inference thread must stop the watchdog pings.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+
+from edge.backends.base import create_backend
+from edge.capture import Captured
+from edge.pipeline import Pipeline, PipelineIdentity
+from edge.processing import Preprocessor
+from models.card import load_card
+
+
+def make_pipeline(backend, card, sock, every: bool, **kw) -> Pipeline:
+    ident = PipelineIdentity("van-7", uuid.uuid4().hex, card.sha256, 0.5, 5, False, 80)
+    return Pipeline(backend, Preprocessor(card, (64, 64)), sock, ident, every_frame=every, queue_size=2, **kw)
+
+
+@pytest.fixture
+def ort_backend(student_onnx):
+    card = load_card(student_onnx)
+    b = create_backend("onnxruntime", student_onnx, card, threads=1)
+    b.load()
+    yield b, card
+    b.close()
+
+
+@pytest.fixture
+def xpub(zmq_ctx):
+    pub = zmq_ctx.socket(zmq.XPUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    return pub, f"tcp://127.0.0.1:{port}"
+
+
+def test_latest_mode_drops_are_all_counted(ort_backend, xpub, subscriber):
+    backend, card = ort_backend
+    pub, ep = xpub
+    sub = subscriber(ep, topics=(b"mask/",))
+    pipe = make_pipeline(backend, card, pub, every=False, wait_subscriber_s=5.0)
+    pipe.start()
+    assert pipe.subscribed.wait(5)
+    frame = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    n = 200
+    for i in range(n):  # a camera much faster than the model
+        pipe.put_frame(Captured(i, time.time(), frame), lambda: False)
+        time.sleep(0.001)
+    deadline = time.monotonic() + 20
+    while not pipe.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pipe.idle()
+    got = [m.header["frame_index"] for m in sub.collect(n, timeout=2)]
+    pipe.stop(2)
+    assert got == sorted(got) and got[-1] == n - 1  # the newest frame is never the one dropped
+    d = pipe.drops
+    assert d["capture"] > 0
+    assert n - len(got) == d["capture"] + d["inference"] + d["publish"]
+    assert pipe.counters.published == len(got)
+
+
+class StallingBackend:
+    """Fault injection: a runtime whose forward pass hangs until released (a wedged GPU)."""
+
+    name = "stalling"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.release.wait()
+        return np.zeros((1, 1, *batch.shape[2:]), np.float32)
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+def test_a_stalled_pipeline_withholds_the_watchdog(student_onnx, xpub, tmp_path, monkeypatch):
+    from edge.config import load_config
+    from edge.daemon import Daemon
+
+    card = load_card(student_onnx)
+    path = str(tmp_path / "notify")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(0.3)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s
+    backend = StallingBackend()
+    pipe = make_pipeline(backend, card, xpub[0], every=False)
+    daemon = Daemon(load_config(None, {"pipeline": {"stall_s": 0.5}}))
+    daemon.pipeline = pipe
+    pipe.start()
+
+    def pings(seconds: float) -> int:
+        n, end = 0, time.monotonic() + seconds
+        while time.monotonic() < end:
+            daemon.watchdog(time.monotonic())
+            try:
+                n += listener.recv(64) == b"WATCHDOG=1"
+            except socket.timeout:
+                pass
+        return n
+
+    try:
+        assert pings(0.6) >= 2  # idle but alive: pings flow
+        pipe.put_frame(Captured(0, time.time(), np.zeros((64, 64, 3), np.uint8)), lambda: False)
+        time.sleep(0.7)  # the inference thread is now stuck in infer() beyond stall_s
+        assert not pipe.healthy(time.monotonic(), 0.5)
+        assert pings(1.0) == 0
+        backend.release.set()
+        deadline = time.monotonic() + 5
+        while not pipe.healthy(time.monotonic(), 0.5) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pings(0.6) >= 2
+    finally:
+        backend.release.set()
+        pipe.stop(2)
+        listener.close()
