@@ -74,9 +74,10 @@ class Camera:
 
     def __init__(self, clip: Path, port: int, log: Path) -> None:
         self.args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1", "-i", str(clip),
-                     "-an", "-c", "copy",
-                     # MPEG-TS has no out-of-band extradata: repeat the stream headers at each keyframe.
-                     "-bsf:v", "dump_extra", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+                     "-an",
+                     # Encoded, not copied: a copy with -stream_loop breaks at the loop point
+                     # (the header bitstream filter it needs stops at the first EOF).
+                     "-c:v", "mpeg4", "-q:v", "5", "-g", "10", "-bf", "0", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
         self.log = open(log, "ab")
         self.proc: subprocess.Popen | None = None
         self.restarts = -1

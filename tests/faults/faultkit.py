@@ -82,13 +82,15 @@ def need_ffmpeg() -> str:
 
 
 class NetworkCamera:
-    """``ffmpeg -re -stream_loop -1 -i clip -c copy -f mpegts tcp://127.0.0.1:PORT?listen=1``."""
+    """``ffmpeg -re -stream_loop -1 -i clip -c:v mpeg4 -f mpegts tcp://127.0.0.1:PORT?listen=1``."""
 
     def __init__(self, clip: Path, port: int, log: Path) -> None:
         self.args = [need_ffmpeg(), "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-                     "-i", str(clip), "-an", "-c", "copy",
-                     # MPEG-TS carries no out-of-band headers: repeat them at each keyframe.
-                     "-bsf:v", "dump_extra", "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
+                     "-i", str(clip), "-an",
+                     # Encoded, not copied: a copy with -stream_loop breaks at the loop point
+                     # (the header bitstream filter it needs stops at the first EOF).
+                     "-c:v", "mpeg4", "-q:v", "5", "-g", "10", "-bf", "0",
+                     "-f", "mpegts", f"tcp://127.0.0.1:{port}?listen=1"]
         self.port = port
         self.log = open(log, "ab")
         self.proc: subprocess.Popen | None = None
