@@ -7,11 +7,13 @@ open file descriptors, sampled at the same point of every cycle, must stay flat.
 from __future__ import annotations
 
 import socket
+import statistics
 import threading
 import time
 
 import pytest
 
+from edge.capture import MAX_STUCK_READERS
 from faultkit import StallingCamera, daemon_args, mpegts_bytes, proc_counts, wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -72,6 +74,15 @@ def test_stalled_stream_times_out_and_leaks_nothing(student_onnx, endpoint, subs
             f"only {cam.accepted} cycles; log:\n{d.log()[-3000:]}"
         elapsed = time.monotonic() - t0
         assert d.proc.poll() is None, d.log()[-3000:]
+        # Once the camera is gone for good, only the reconnect attempts remain: counts settle.
+        cam.close()
+        usual = max(x[1] for x in samples[1:CYCLES // 2])
+
+        def settled_counts() -> tuple[int, int] | None:
+            counts = proc_counts(d.pid)
+            return counts if counts[0] <= usual else None
+
+        settled = wait_for(settled_counts, timeout=5)
         drained = []  # everything queued in the subscriber while the cycles ran
         while (msg := sub.recv(0.05)) is not None:
             drained.append(msg)
@@ -92,11 +103,17 @@ def test_stalled_stream_times_out_and_leaks_nothing(student_onnx, endpoint, subs
     status_lines = [t for t in notify.times("STATUS=") if t >= t0]
     assert len(watchdog) >= elapsed / 1.0 * 0.8 and max_gap(watchdog) < 2.0, (len(watchdog), max_gap(watchdog))
     assert max_gap(status_lines) < 2.0
-    # Flat: the second half of the cycles never holds more threads or fds than the first.
+    # Flat: no growth from the first half of the cycles to the second.  A reader abandoned in its
+    # read may outlive the next one's start by a moment (bounded by MAX_STUCK_READERS), so single
+    # samples may peak; the typical count may not rise, and nothing may be left once reads end.
     first = [s for s in samples if 2 <= s[0] <= CYCLES // 2]
     second = [s for s in samples if s[0] > CYCLES // 2]
-    assert max(s[1] for s in second) <= max(s[1] for s in first), samples
-    assert max(s[2] for s in second) <= max(s[2] for s in first), samples
+    for i, what in ((1, "threads"), (2, "fds")):
+        base = max(s[i] for s in first)
+        assert statistics.median(s[i] for s in second) <= statistics.median(s[i] for s in first), (what, samples)
+        assert max(s[i] for s in samples[1:]) <= base + MAX_STUCK_READERS, (what, samples)
+    assert settled is not None and settled[0] <= max(s[1] for s in first) and settled[1] <= max(s[2] for s in first), \
+        (settled, samples)
     figures.record("blocked_read", cycles=cam.accepted - 1, read_timeout_s=READ_TIMEOUT_S,
                    seconds_per_cycle=round(elapsed / (cam.accepted - 1), 2), read_timeouts_logged=timeouts,
                    watchdog_pings=len(watchdog), watchdog_max_gap_s=round(max_gap(watchdog), 2),
@@ -104,4 +121,5 @@ def test_stalled_stream_times_out_and_leaks_nothing(student_onnx, endpoint, subs
                    threads_first_last=[samples[1][1], samples[-1][1]], fds_first_last=[samples[1][2], samples[-1][2]],
                    threads_range=[min(s[1] for s in samples[1:]), max(s[1] for s in samples[1:])],
                    fds_range=[min(s[2] for s in samples[1:]), max(s[2] for s in samples[1:])],
-                   stuck_readers_last=src["stuck_readers"], masks_received=len(masks))
+                   threads_fds_settled=list(settled), stuck_readers_last=src["stuck_readers"],
+                   masks_received=len(masks))
