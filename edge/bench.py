@@ -196,8 +196,15 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
     for r in range(rounds):
         # Later rounds need no runtime warm-up; one frame still fills the pipeline's queues.
         skip = warmup if r == 0 else 1
-        bare_runs.append(bench_bare(backend, pre, images[warmup - skip:], skip))
-        pipe_runs.append(bench_pipeline(cfg, backend, card, size, images[warmup - skip:], skip, sha))
+        frames_r = images[warmup - skip:]
+        # Counterbalanced order (bare first, then pipeline first, ...): drift in the machine's load
+        # must not favour one phase.
+        if r % 2 == 0:
+            bare_runs.append(bench_bare(backend, pre, frames_r, skip))
+            pipe_runs.append(bench_pipeline(cfg, backend, card, size, frames_r, skip, sha))
+        else:
+            pipe_runs.append(bench_pipeline(cfg, backend, card, size, frames_r, skip, sha))
+            bare_runs.append(bench_bare(backend, pre, frames_r, skip))
     bare, pipe = summary(bare_runs), summary(pipe_runs)
     info = backend.describe()
     backend.close()
