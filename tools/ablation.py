@@ -73,7 +73,7 @@ RESERVED_FLAGS = ("--data", "--run-dir", "--labels", "--teacher", "--kd", "--pla
 IDENTITY_KEYS = ("cfd", "extra_data", "temperatures", "hyper_t", "seed", "val_fraction", "val_seed", "val_max_images",
                  "size", "teacher_arch", "teacher_crop", "teacher_batch", "teacher_samples", "teacher_epochs",
                  "teacher_args",
-                 "student_crop", "student_batch", "student_samples", "student_epochs", "student_args", "alpha")
+                 "student_arch", "student_crop", "student_batch", "student_samples", "student_epochs", "student_args", "alpha")
 GRACE_S = 60.0  # after SIGTERM, how long a run may take to stop before it is killed
 MIN_JOB_S = 10.0  # a training run given less than this is not started
 EX_SOFTWARE = 70
@@ -120,6 +120,8 @@ class AblationSettings(BaseSettings):
     teacher_epochs: int = Field(200, ge=1, description="Teacher epoch cap (the budget usually stops it first)")
     teacher_budget_s: float = Field(170, gt=0, description="Teacher wall-clock budget in seconds")
     teacher_args: str = Field("", description="Extra crack-train teacher flags, e.g. '--loss asymmetric --lr 5e-4'")
+    student_arch: str = Field("student", description="Registered variant of every student (student: d=16, 4 blocks, "
+                                                     "1.18 M parameters; student-mcld: depthwise)")
     student_crop: int = Field(256, ge=8, description="Student training crop side (multiple of 4)")
     student_batch: int = Field(16, ge=1, description="Student batch size")
     student_samples: int = Field(1600, ge=1, description="Student crops per epoch")
@@ -131,7 +133,8 @@ class AblationSettings(BaseSettings):
     teacher_eval: Literal["onnx", "checkpoint"] = Field(
         "onnx", description="Judge the teacher through its ONNX file (CPU, as the daemon) or its checkpoint on "
                             "--device")
-    eval_threads: int = Field(0, ge=0, description="ONNX Runtime threads for eval (0: its default)")
+    eval_threads: int = Field(0, ge=0, description="CPU threads of eval and export in this process, ONNX Runtime and "
+                                                   "torch (0: their default)")
     test_max_images: int = Field(0, ge=0, description="Judge only the first N test images (0 = all 46; toy runs only)")
     bench_runs: int = Field(20, ge=1, description="Timed CPU runs per student; the median is reported")
     teacher_bench_runs: int = Field(5, ge=1, description="Timed CPU runs for the teacher (1338 GFLOPs a frame)")
@@ -238,15 +241,17 @@ def tname(t: float) -> str:
 
 
 def plan_students(cfg: AblationSettings) -> list[Model]:
-    rows = [Model("plain", "student, no teacher", "plain", "student")]
-    rows += [Model(f"kd-T{tname(t)}", f"student, standard KD, T={tname(t)}", "kd", "student", "standard", t)
+    arch = cfg.student_arch
+    who = "student" if arch == "student" else arch
+    rows = [Model("plain", f"{who}, no teacher", "plain", arch)]
+    rows += [Model(f"kd-T{tname(t)}", f"{who}, standard KD, T={tname(t)}", "kd", arch, "standard", t)
              for t in cfg.temperatures]
     if cfg.hyper_t != "best":
         t = float(cfg.hyper_t)
-        rows.append(Model(f"hyper-T{tname(t)}", f"student, hyperthermal KD, T={tname(t)}", "kd", "student",
+        rows.append(Model(f"hyper-T{tname(t)}", f"{who}, hyperthermal KD, T={tname(t)}", "kd", arch,
                           "hyperthermal", t))
     else:
-        rows.append(Model("hyper-best", "student, hyperthermal KD, best T", "kd", "student", "hyperthermal", None,
+        rows.append(Model("hyper-best", f"{who}, hyperthermal KD, best T", "kd", arch, "hyperthermal", None,
                           after_kd=True))
     return rows
 
@@ -491,8 +496,8 @@ class Ablation:
         if m.role == "teacher":
             return [*base, "teacher", *run, "--arch", m.arch, *self.train_flags("teacher")]
         if m.role == "plain":
-            return [*base, "student", "--plain", *run, *self.train_flags("student")]
-        return [*base, "student", *run, "--labels", str(self.p.labels(m.temperature)),
+            return [*base, "student", "--plain", *run, "--arch", m.arch, *self.train_flags("student")]
+        return [*base, "student", *run, "--arch", m.arch, "--labels", str(self.p.labels(m.temperature)),
                 "--teacher", str(self.p.run("teacher") / "best.pt"), "--kd", m.kd, "--alpha", str(self.cfg.alpha),
                 *self.train_flags("student")]
 
@@ -602,7 +607,7 @@ class Ablation:
                 if best is None:
                     raise StepFailed("hyperthermal KD at the best T: no standard-KD student finished")
                 m.temperature = best[0]
-                m.label = f"student, hyperthermal KD, T={tname(best[0])} (best T by validation)"
+                m.label = m.label.replace("best T", f"T={tname(best[0])} (best T by validation)")
                 log.info("event=best_t T=%s val_f1_tol=%.4f for=%s", tname(best[0]), best[1], m.name)
 
     def stage_students(self) -> None:
@@ -741,6 +746,10 @@ class Ablation:
         from trainer.data import list_pairs
 
         c = self.cfg
+        if c.eval_threads:
+            import torch
+
+            torch.set_num_threads(c.eval_threads)  # export's parity check and checkpoint eval run here
         bench_image = list_pairs(c.cfd, "test", c.val_fraction, c.val_seed)[0].image
         rows = []
         for m in [*self.students, self.teacher]:  # the teacher last: it is the slowest, the students matter most
