@@ -10,6 +10,7 @@ with CurveZMQ as it would be between machines, so every reconnection redoes the 
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -145,9 +146,9 @@ def rig(student_onnx, tmp_path_factory):
 
 def publish_rate(headers: list[dict], t0: float, t1: float) -> list[int]:
     """Masks published in each whole second of [t0, t1), by the daemon's own t_publish."""
-    bins = [0] * int(t1 - t0)
+    bins = [0] * round(t1 - t0)  # (t_cut) - (t_cut - 5) may be 4.9999...: round, not int
     for h in headers:
-        i = int(h["t_publish"] - t0)
+        i = math.floor(h["t_publish"] - t0)  # int() would put the second before t0 into bin 0
         if 0 <= i < len(bins):
             bins[i] += 1
     return bins
