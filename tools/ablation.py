@@ -72,8 +72,8 @@ RESERVED_FLAGS = ("--data", "--run-dir", "--labels", "--teacher", "--kd", "--pla
 # Settings that define what was trained and judged; a work folder refuses to resume under others.
 IDENTITY_KEYS = ("cfd", "extra_data", "temperatures", "hyper_t", "seed", "val_fraction", "val_seed", "val_max_images",
                  "size", "teacher_arch", "teacher_crop", "teacher_batch", "teacher_samples", "teacher_epochs",
-                 "teacher_args",
-                 "student_arch", "student_crop", "student_batch", "student_samples", "student_epochs", "student_args", "alpha")
+                 "teacher_args", "student_arch", "student_crop", "student_batch", "student_samples", "student_epochs",
+                 "student_args", "alpha")
 GRACE_S = 60.0  # after SIGTERM, how long a run may take to stop before it is killed
 MIN_JOB_S = 10.0  # a training run given less than this is not started
 EX_SOFTWARE = 70
@@ -124,7 +124,7 @@ class AblationSettings(BaseSettings):
                                                      "1.18 M parameters; student-mcld: depthwise)")
     student_crop: int = Field(256, ge=8, description="Student training crop side (multiple of 4)")
     student_batch: int = Field(16, ge=1, description="Student batch size")
-    student_samples: int = Field(1600, ge=1, description="Student crops per epoch")
+    student_samples: int = Field(800, ge=1, description="Student crops per epoch")
     student_epochs: int = Field(200, ge=1, description="Student epoch cap (the budget usually stops it first)")
     student_budget_s: float = Field(200, gt=0, description="Wall-clock budget of each student in seconds")
     student_args: str = Field("", description="Extra crack-train student flags, the same for every student")
@@ -148,6 +148,7 @@ class AblationSettings(BaseSettings):
     progress_every_s: float = Field(30, gt=0, description="Seconds between progress lines while training")
     collect_max_files: int = Field(8, ge=3, description="Most files in --collect")
     collect_max_mib: float = Field(15.5, gt=0, description="Largest file in --collect, MiB")
+    collect_max_total_mib: float = Field(60, gt=0, description="Most MiB in --collect altogether")
     title: str = Field("Distillation ablation", description="Heading of ablation.md")
 
     @field_validator("hyper_t", mode="before")
@@ -449,7 +450,8 @@ def run_progress(job: Job) -> str:
     rows = read_csv(job.state_path.parent / "log.csv")
     if not rows:
         return "epochs=0"
-    return f"epochs={len(rows)} best_val_f1_tol={max(float(r['val_f1_tol']) for r in rows):.4f}"
+    return (f"epochs={len(rows)} best_val_f1_tol={max(float(r['val_f1_tol']) for r in rows):.4f} "
+            f"last_epoch_s={rows[-1].get('seconds')}")
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -473,6 +475,7 @@ class Ablation:
         self.teacher = teacher_model(cfg)
         self.train_specs = [f"{cfg.cfd}:train", *cfg.extra_data]
         self.stage_s: dict[str, float] = {}
+        self.failures: list[str] = []
 
     # -- command lines
     def common_flags(self) -> list[str]:
@@ -645,7 +648,13 @@ class Ablation:
                 log.warning("event=not_trained job=%s reason='no time left under --total-budget-s'", job.name)
                 job.save_state("not trained", stop="out of time before start")
                 return
-            self.finish_training(m, job)
+            try:
+                self.finish_training(m, job)
+            except StepFailed as e:
+                # One failed student must not cost the other rows of a one-shot GPU session.
+                self.failures.append(f"{m.name}: {e}")
+                job.save_state("failed", error=str(e).splitlines()[0])
+                log.error("event=failed job=%s %s", m.name, e)
 
         for job in jobs.values():
             if job.budget_s < MIN_JOB_S and not models[job.name].after_kd:
@@ -756,24 +765,35 @@ class Ablation:
             row = self.row_base(m)
             rows.append(row)
             if not self.trained(m):
-                row["status"] = "not trained"
+                state = read_json(self.p.run(m.name) / "ablation-state.json") or {}
+                row["status"] = f"not trained: {state.get('error') or state.get('stop') or 'no run'}"
                 continue
             if c.total_budget_s and self.clock.left() < 0:
                 row["status"] = "not evaluated: out of time (run the same command again)"
                 log.warning("event=not_evaluated model=%s reason=out_of_time", m.name)
                 continue
-            onnx = self.export(m)
-            judged = self.p.run(m.name) / "best.pt" if m.role == "teacher" and c.teacher_eval == "checkpoint" else onnx
-            val = self.evaluate(m, judged, "val")
-            test = self.evaluate(m, judged, "test")
-            row.update(status="measured", judged=str(judged.relative_to(c.work)), threshold=test["threshold"],
-                       threshold_source=val["threshold_source"],
-                       val={"images": val["images"], **pick(val["metrics"])},
-                       test={"images": test["images"], "mode": test["mode"], "input_size": test["input_size"],
-                             "ms_per_image": test["ms_per_image"], **pick(test["metrics"])},
-                       cpu=self.bench(m, onnx, bench_image), onnx_sha256=sha256(onnx))
-            row.update({k: v for k, v in self.profile(m.arch).items() if k in ("params", "gflops")})
+            try:
+                row.update(self.measure(m, bench_image))
+            except TrainerError as e:
+                self.failures.append(f"{m.name}: {e}")
+                row["status"] = f"failed: {str(e).splitlines()[0]}"
+                log.error("event=failed model=%s %s", m.name, e)
         return [rows[-1], *rows[:-1]]  # the table reads teacher first, as the issue lists it
+
+    def measure(self, m: Model, bench_image: Path) -> dict[str, Any]:
+        """Export, threshold on val, test, time and size one trained model; its row's figures."""
+        c = self.cfg
+        onnx = self.export(m)
+        judged = self.p.run(m.name) / "best.pt" if m.role == "teacher" and c.teacher_eval == "checkpoint" else onnx
+        val = self.evaluate(m, judged, "val")
+        test = self.evaluate(m, judged, "test")
+        prof = self.profile(m.arch)
+        return {"status": "measured", "judged": str(judged.relative_to(c.work)), "threshold": test["threshold"],
+                "threshold_source": val["threshold_source"], "val": {"images": val["images"], **pick(val["metrics"])},
+                "test": {"images": test["images"], "mode": test["mode"], "input_size": test["input_size"],
+                         "ms_per_image": test["ms_per_image"], **pick(test["metrics"])},
+                "cpu": self.bench(m, onnx, bench_image), "onnx_sha256": sha256(onnx),
+                "params": prof["params"], "gflops": prof["gflops"]}
 
     def row_base(self, m: Model) -> dict[str, Any]:
         run = self.p.run(m.name)
@@ -976,7 +996,8 @@ def write_report(ab: Ablation, rows: list[dict[str, Any]]) -> dict[str, Any]:
               "host": host_info(), "settings": {**json.loads(cfg.model_dump_json()), "train_data": ab.train_specs},
               "stage_seconds": ab.stage_s, "best_t_by_val": list(best_t) if best_t else None,
               "hyperthermal": {"temperature": hyper.temperature, "note": note}, "rows": rows,
-              "verdict": verdict(rows, best_t), "release_candidate": release_candidate(rows)}
+              "verdict": verdict(rows, best_t), "release_candidate": release_candidate(rows),
+              "failures": ab.failures}
     write_json(cfg.work / "ablation.json", report)
     (cfg.work / "ablation.md").write_text(markdown(report))
     log.info("event=report json=%s md=%s", cfg.work / "ablation.json", cfg.work / "ablation.md")
@@ -992,7 +1013,9 @@ def collect_groups(ab: Ablation, report: dict[str, Any]) -> list[tuple[str, list
     small = [w / "ablation.log", w / "settings.json", *sorted((w / "jobs").glob("*.log")),
              *sorted((w / "bench").glob("*.json")),
              *sorted((w / "profile").glob("*.json")), *sorted((w / "onnx").glob("*.json")),
-             *sorted((w / "labels").glob("*/manifest.json")), *sorted((w / "eval").rglob("*")),
+             *sorted((w / "labels").glob("*/manifest.json")), *sorted((w / "eval").glob("*/report.json")),
+             # One picture per model (photo | ground truth | prediction on test); the overlays stay behind.
+             *sorted((w / "eval").glob("*-test/figure.png")),
              *[f for r in sorted((w / "runs").glob("*")) for f in sorted(r.glob("*"))
                if f.suffix in (".csv", ".png", ".json")]]
     groups: list[tuple[str, list[Path], bool]] = [("logs", [f for f in small if f.is_file()], True)]
@@ -1024,14 +1047,18 @@ def collect(ab: Ablation, report: dict[str, Any], dest: Path) -> dict[str, Any]:
     skipped = []
     groups = collect_groups(ab, report)
     required = sorted([g for g in groups if g[2]], key=lambda g: -tar_estimate(g[1]))
+    total_limit = int(cfg.collect_max_total_mib * 2**20)
     for name, files, req in required + [g for g in groups if not g[2]]:
         size = tar_estimate(files)
         target = next((b for b in bins if b["size"] + size <= limit), None)
-        if target is None and len(bins) < slots and size <= limit:
+        if sum(b["size"] for b in bins) + size > total_limit:
+            target = None
+        elif target is None and len(bins) < slots and size <= limit:
             target = {"groups": [], "files": [], "size": 0}
             bins.append(target)
         if target is None:
-            why = f"{size / 2**20:.1f} MiB, no room within {cfg.collect_max_files} files of {cfg.collect_max_mib:g} MiB"
+            why = (f"{size / 2**20:.1f} MiB, no room within {cfg.collect_max_files} files of "
+                   f"{cfg.collect_max_mib:g} MiB, {cfg.collect_max_total_mib:g} MiB in all")
             if req:
                 raise StepFailed(f"collect: {name} ({why}); raise --collect-max-files or lower what is trained")
             skipped.append({"group": name, "reason": why})
@@ -1115,7 +1142,10 @@ def run(cfg: AblationSettings) -> dict[str, Any]:
         report = write_report(ab, rows)
         if cfg.collect is not None:
             collect(ab, report, cfg.collect)
-        log.info("event=done elapsed_s=%.0f", clock.elapsed())
+        log.info("event=done elapsed_s=%.0f failed=%d", clock.elapsed(), len(ab.failures))
+        if ab.failures:
+            raise StepFailed(f"{len(ab.failures)} row(s) failed; the others are in {cfg.work / 'ablation.md'}:\n"
+                             + "\n".join(ab.failures))
         return report
     finally:
         signal.signal(signal.SIGTERM, previous)

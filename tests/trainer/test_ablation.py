@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,6 +145,11 @@ def test_collected_files_fit_the_limits_and_unpack_into_the_work_layout(toy, tmp
             assert sha256_file(tmp_path / rel) == sha256_file(work / rel), rel
     assert (tmp_path / "runs/teacher/log.csv").exists() and not (tmp_path / "runs/teacher/best.pt").exists()
     assert (tmp_path / "labels/T5/manifest.json").exists() and (tmp_path / "ablation.log").exists()
+    for name in ROWS:
+        assert (tmp_path / f"eval/{name}-val/report.json").exists()
+        assert (tmp_path / f"eval/{name}-test/figure.png").exists()
+    assert not list(tmp_path.glob("eval/*/worst_*.png"))
+    assert sum((collect / f).stat().st_size for f in files) <= 60 * 2**20
     # A collected student runs through the daemon's backend and reproduces its row with crack-train eval.
     onnx = tmp_path / "onnx" / "kd-T10.onnx"
     backend = create_backend("onnxruntime", onnx, load_card(onnx), providers=["CPUExecutionProvider"])
@@ -187,6 +193,25 @@ def test_refusals_name_the_setting_and_exit_with_its_status(toy, tmp_path, ablat
     for extra, status, message in cases:
         assert ablation.main([*base, *extra]) == status, extra
         assert message in capsys.readouterr().err, extra
+
+
+@pytest.mark.timeout(420)
+def test_a_failed_student_is_reported_and_the_other_rows_still_come_back(toy, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(toy["work"], work)
+    # kd-T10 has to train again and its checkpoint is broken: that run fails, nothing else may.
+    (work / "runs" / "kd-T10" / "ablation-state.json").unlink()
+    (work / "runs" / "kd-T10" / "last.pt").write_bytes(b"not a checkpoint")
+    args = toy_args(toy["data"], work, tmp_path / "collect")
+    proc = run_tool(args)
+    assert proc.returncode == 70, proc.stderr[-3000:]
+    assert "1 row(s) failed" in proc.stderr and "kd-T10" in proc.stderr and "jobs/kd-T10.log" in proc.stderr
+    report = json.loads((work / "ablation.json").read_text())
+    status = {r["name"]: r["status"] for r in report["rows"]}
+    assert status.pop("kd-T10").startswith("not trained: kd-T10:")
+    assert set(status.values()) == {"measured"}
+    assert len(report["failures"]) == 1 and (tmp_path / "collect" / "ablation.md").exists()
+    assert "Rows not measured: " in (work / "ablation.md").read_text()
 
 
 def test_a_run_over_its_budget_gets_sigterm_and_its_time_is_recorded(ablation, tmp_path):
