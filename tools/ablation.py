@@ -913,6 +913,10 @@ def release_candidate(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
             "targets": "F1 (2 px) >= 0.92 and strict IoU >= 0.50 on the CrackForest test split (issue 3)"}
 
 
+def extra(args: str) -> str:
+    return f", `{args}`" if args else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     s, rows = report["settings"], report["rows"]
     measured = [r for r in rows if r.get("status") == "measured"]
@@ -958,7 +962,7 @@ def markdown(report: dict[str, Any]) -> str:
             "- F1 (2 px): a predicted crack pixel is correct if a ground-truth crack pixel lies within the radius-2 "
             "disc around it, a ground-truth pixel is found if a predicted one lies within its disc; counts summed.",
             f"- CPU ms: median of {s['bench_runs']} timed runs (teacher: {s['teacher_bench_runs']}) after "
-            f"{s['bench_warmup']} warm-ups, one 1x3x{size}x{size} frame through the daemon's ONNX Runtime backend "
+            f"{s['bench_warmup']} untimed ones, one 1x3x{size}x{size} frame through the daemon's ONNX Runtime backend "
             f"(CPUExecutionProvider, onnxruntime {cpu.get('onnxruntime', '?')}, threads: "
             f"{s['bench_threads'] or 'ONNX Runtime default'}) on {report['host']['cpu']} "
             f"({report['host']['cpu_count']} logical CPUs).",
@@ -966,14 +970,14 @@ def markdown(report: dict[str, Any]) -> str:
             "over 0.05 ... 0.95).",
             "- val F1 (2 px): that validation figure at that threshold; epochs: epochs trained and why the run "
             "stopped (budget = its wall-clock budget ran out).",
-            f"- Hyperthermal KD: {hyper.get('note', '')}",
+            f"- Hyperthermal KD: {hyper.get('note', '')}.",
             f"- Teacher judged through its {teacher_judge} (same evaluator, resize and threshold rule); its CPU ms "
             "through its ONNX file.",
             f"- Training: {', '.join(s['train_data'])}; seed {s['seed']}; teacher crop {s['teacher_crop']}, batch "
-            f"{s['teacher_batch']}, {s['teacher_samples']} crops/epoch, budget {s['teacher_budget_s']:g} s "
-            f"{s['teacher_args']}; students crop {s['student_crop']}, batch {s['student_batch']}, "
-            f"{s['student_samples']} crops/epoch, budget {s['student_budget_s']:g} s each, {s['jobs']} at a time "
-            f"{s['student_args']}; KD alpha {s['alpha']:g}; device {report['host']['gpu'] or 'cpu'}.",
+            f"{s['teacher_batch']}, {s['teacher_samples']} crops/epoch, budget {s['teacher_budget_s']:g} s"
+            f"{extra(s['teacher_args'])}; students crop {s['student_crop']}, batch {s['student_batch']}, "
+            f"{s['student_samples']} crops/epoch, budget {s['student_budget_s']:g} s each, {s['jobs']} at a time"
+            f"{extra(s['student_args'])}; KD alpha {s['alpha']:g}; device {report['host']['gpu'] or 'cpu'}.",
             f"- Raw figures: `ablation.json`. Made by `python tools/ablation.py` on {report['created']}.", ""]
     return "\n".join(line for line in out if line is not None)
 

@@ -40,7 +40,7 @@ def toy_args(data: Path, work: Path, collect: Path) -> list[str]:
     return ["--cfd", str(data), "--work", str(work), "--collect", str(collect), "--temperatures", "5", "10",
             "--hyper-t", "best", "--jobs", "2", "--device", "cpu", "--threads", "1", "--val-fraction", "0.34",
             "--val-max-images", "2", "--size", "32", "--teacher-arch", "student-mcld", "--student-arch", "student-mcld",
-            "--teacher-crop", "32",
+            "--teacher-args=--loss asymmetric", "--teacher-crop", "32",
             "--teacher-batch", "2", "--teacher-samples", "4", "--teacher-epochs", "1", "--student-crop", "32",
             "--student-batch", "2", "--student-samples", "4", "--student-epochs", "1", "--bench-runs", "3",
             "--teacher-bench-runs", "2", "--bench-warmup", "1", "--bench-threads", "1", "--eval-threads", "1",
@@ -87,6 +87,8 @@ def test_every_row_is_trained_judged_and_reported(toy):
     from trainer.profile import profile
 
     assert rows["teacher"]["arch"] == rows["plain"]["arch"] == "student-mcld"
+    teacher_cfg = json.loads((work / "runs" / "teacher" / "config.json").read_text())["settings"]
+    assert teacher_cfg["loss"] == "asymmetric" and rows["teacher"]["test"] != rows["plain"]["test"]
     assert rows["plain"]["params"] == profile("student-mcld")["params"]
     assert rows["plain"]["gflops"] == profile("student-mcld", (32, 32))["gflops"]
     # Hyperthermal KD ran at the T whose standard-KD student validated best during training.
