@@ -345,6 +345,7 @@ class Job:
         self.started = self.term_at = 0.0
         self.over_budget = False
         self.rc: int | None = None
+        self.skip_reason = ""  # why it was never started, when it was not
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -634,7 +635,12 @@ class Ablation:
             waiting = kd_names & set(jobs) - {j.name for j in finished}
             if waiting:
                 return False
-            self.resolve_hyper()
+            try:
+                self.resolve_hyper()
+            except StepFailed as e:
+                job.skip_reason, job.budget_s = str(e), 0
+                self.failures.append(f"{job.name}: {e}")
+                return True
             job.argv = self.training_argv(models[job.name])
             # Its budget is decided now, from what is left of the whole command.
             job.budget_s = min(job.budget_s, self.clock.left() - c.eval_reserve_s)
@@ -645,8 +651,9 @@ class Ablation:
         def done(job: Job) -> None:
             m = models[job.name]
             if job.proc is None:
-                log.warning("event=not_trained job=%s reason='no time left under --total-budget-s'", job.name)
-                job.save_state("not trained", stop="out of time before start")
+                why = job.skip_reason or "out of time before start"
+                log.warning("event=not_trained job=%s reason='%s'", job.name, why)
+                job.save_state("not trained", stop=why)
                 return
             try:
                 self.finish_training(m, job)
@@ -701,10 +708,8 @@ class Ablation:
         onnx = model_path.suffix == ".onnx"
         val = read_json(self.p.eval(m.name, "val") / "report.json") if split == "test" else None
         report = read_json(out / "report.json")
-        want_images = c.test_max_images if split == "test" and c.test_max_images else None
-        if report and report.get("model_sha256") == sha256(model_path) and (
-                want_images is None or report.get("images") == want_images) and (
-                split == "val" or report.get("threshold") == val["threshold"]):
+        if report and report.get("model_sha256") == sha256(model_path) and report.get("images") == self.images(
+                split) and (split == "val" or report.get("threshold") == val["threshold"]):
             log.info("event=skip step=eval model=%s split=%s reason=done", m.name, split)
             return report
         argv = ["eval", "--model", str(model_path), "--data", str(c.cfd), "--split", split, "--out", str(out),
@@ -725,6 +730,14 @@ class Ablation:
             raise StepFailed(f"{m.name}: test ran at threshold {report['threshold']}, validation picked "
                              f"{val['threshold']}")
         return report
+
+    def images(self, split: str) -> int:
+        """How many images an eval of ``split`` judges (a report with another count is stale)."""
+        from trainer.data import list_pairs
+
+        c = self.cfg
+        n = len(list_pairs(c.cfd, split, c.val_fraction, c.val_seed))
+        return min(n, c.test_max_images) if split == "test" and c.test_max_images else n
 
     def profile(self, arch: str) -> dict[str, Any]:
         path = self.p.profile(arch, self.cfg.size)
