@@ -51,15 +51,10 @@ from typing import Any, Literal, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a plain script: `python tools/ablation.py`
 
-from pydantic import Field, ValidationError, field_validator, model_validator  # noqa: E402
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict  # noqa: E402
+from pydantic import Field, field_validator, model_validator  # noqa: E402
+from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 
 from trainer.errors import ConfigError, MissingInput, TrainerError  # noqa: E402
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger("ablation")
 
@@ -183,42 +178,11 @@ class AblationSettings(BaseSettings):
         return self
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self.data = data
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
-
-
 def load_settings(toml_path: Path | None = None, **flags: Any) -> AblationSettings:
     """Flags (None = not given) > environment > TOML ``[ablation]`` table > defaults."""
-    data: dict[str, Any] = {}
-    if toml_path is not None:
-        try:
-            data = tomllib.loads(Path(toml_path).read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{toml_path}: config file not found") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{toml_path}: invalid TOML: {e}") from e
-        data = data.get("ablation", data)
+    from trainer.config import load_section_settings
 
-    class _Bound(AblationSettings):
-        @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                       file_secret_settings):
-            return init_settings, env_settings, _TomlSource(settings_cls, data)
-
-    try:
-        bound = _Bound(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as e:
-        where = f" (config {toml_path})" if toml_path else ""
-        raise ConfigError(f"invalid ablation settings{where}: {e}") from e
-    return AblationSettings.model_construct(**bound.model_dump())
+    return load_section_settings(AblationSettings, "ablation", toml_path, flags)
 
 
 # --------------------------------------------------------------------------------------------- plan

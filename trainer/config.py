@@ -5,6 +5,8 @@ Precedence: command-line flags > environment (``CRACK_TRAIN_<FIELD>``) > TOML fi
 """
 from __future__ import annotations
 
+import typing
+
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -101,8 +103,11 @@ class _TomlSource(PydanticBaseSettingsSource):
         return dict(self.data)
 
 
-def load_settings(toml_path: Path | None = None, **flags: Any) -> TrainSettings:
-    """Build the settings from flags (None = not given), environment and an optional TOML file."""
+S = typing.TypeVar("S", bound=BaseSettings)
+
+
+def load_section_settings(cls: type[S], section: str, toml_path: Path | None, flags: dict[str, Any]) -> S:
+    """Flags (None = not given) > environment > the TOML file's ``[section]`` table (or its top level)."""
     data: dict[str, Any] = {}
     if toml_path is not None:
         try:
@@ -111,9 +116,9 @@ def load_settings(toml_path: Path | None = None, **flags: Any) -> TrainSettings:
             raise ConfigError(f"{toml_path}: config file not found") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{toml_path}: invalid TOML: {e}") from e
-        data = data.get("train", data)
+        data = data.get(section, data)
 
-    class _Bound(TrainSettings):
+    class _Bound(cls):  # type: ignore[misc,valid-type]
         @classmethod
         def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
                                        file_secret_settings):
@@ -123,5 +128,11 @@ def load_settings(toml_path: Path | None = None, **flags: Any) -> TrainSettings:
         bound = _Bound(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
         where = f" (config {toml_path})" if toml_path else ""
-        raise ConfigError(f"invalid training settings{where}: {e}") from e
-    return TrainSettings.model_construct(**bound.model_dump())
+        raise ConfigError(f"invalid {section} settings{where}: {e}") from e
+    # Re-validated as the public class so callers never see the local subclass.
+    return cls.model_construct(**bound.model_dump())
+
+
+def load_settings(toml_path: Path | None = None, **flags: Any) -> TrainSettings:
+    """Build the training settings from flags (None = not given), environment and an optional TOML file."""
+    return load_section_settings(TrainSettings, "train", toml_path, flags)
