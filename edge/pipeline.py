@@ -317,6 +317,9 @@ class Pipeline:
             "infer_ms": round(item.infer_ms, 3), "model_sha256": ident.model_sha256, "width": w, "height": h,
             "crack_ratio": round(m.ratio, 6), "crack_count": m.count, "crack_length_px": m.length_px,
             "crack_max_width_px": m.max_width_px, "threshold": ident.threshold,
+            # The camera's own size: the mask is at inference resolution (often square), and a
+            # viewer needs this to show the picture with the road's true proportions.
+            "frame_width": int(item.captured.image.shape[1]), "frame_height": int(item.captured.image.shape[0]),
         }
         frames = wire.encode_mask(header, png, jpeg)
         t2 = time.perf_counter()

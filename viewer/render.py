@@ -93,7 +93,9 @@ def render_tile(view: VehicleView, width: int) -> np.ndarray:
     pic, note = vehicle_image(view)
     if pic is None:
         pic = np.zeros((width * 3 // 4, width, 3), np.uint8)
-    h = max(1, round(pic.shape[0] * width / pic.shape[1]))
+    # Show the road in the camera's proportions, not the model's (a 480x320 frame inferred at 448x448).
+    fw, fh = view.frame_size or (pic.shape[1], pic.shape[0])
+    h = max(1, round(fh * width / fw))
     interp = cv2.INTER_NEAREST if view.frame_jpeg is None else cv2.INTER_LINEAR
     pic = cv2.resize(pic, (width, h), interpolation=interp)
     if view.stale:

@@ -45,6 +45,7 @@ class VehicleView:
     frame_jpeg: bytes | None = field(repr=False, default=None)
     backend: str | None = None
     source_state: str | None = None
+    frame_size: tuple[int, int] | None = None  # (W, H) of the camera frame, when the daemon says it
 
 
 @dataclass
@@ -155,5 +156,15 @@ class FleetState:
                 crack_max_width_px=mh.get("crack_max_width_px"), crack_count=mh.get("crack_count"),
                 mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
                 source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
+                frame_size=_frame_size(mh),
             ))
         return out
+
+
+def _frame_size(header: dict[str, Any]) -> tuple[int, int] | None:
+    """The optional (frame_width, frame_height) of a mask header, if both are sane."""
+    fw, fh = header.get("frame_width"), header.get("frame_height")
+    if isinstance(fw, int) and isinstance(fh, int) and not isinstance(fw, bool) and not isinstance(fh, bool) \
+            and 0 < fw <= 16384 and 0 < fh <= 16384:
+        return fw, fh
+    return None

@@ -244,6 +244,18 @@ def test_native_inference_size_keeps_the_frame_size(student_onnx, endpoint, subs
     for m in masks:
         assert (m.header["width"], m.header["height"]) == (90, 62) and m.mask.shape == (62, 90)
         assert m.frame().shape == (62, 90, 3)
+        assert (m.header["frame_width"], m.header["frame_height"]) == (90, 62)
+
+
+def test_mask_header_carries_the_camera_frame_size(student_onnx, endpoint, subscriber, make_video, edge_daemon):
+    clip = make_video("wide.mp4", 3, size=(96, 48))
+    sub = subscriber(endpoint)
+    d = edge_daemon(*base_args(student_onnx, endpoint, "--source", str(clip), "--no-loop", "--wait-subscriber", "15"))
+    masks = sub.collect(3, timeout=30)
+    assert d.wait(30) == 0, d.log()
+    for m in masks:  # inferred at 64x64, but the camera's 96x48 is what the viewer must show
+        assert (m.header["width"], m.header["height"]) == (64, 64)
+        assert (m.header["frame_width"], m.header["frame_height"]) == (96, 48)
 
 
 # ------------------------------------------------------------------ refusals: exit 78, key named

@@ -38,6 +38,15 @@ def test_single_vehicle_overlay_sits_on_the_mask(messages) -> None:
     assert (band.min(axis=2) > 200).sum() > 200
 
 
+def test_tile_keeps_the_camera_aspect_when_the_daemon_gives_it(messages) -> None:
+    import dataclasses
+
+    (view,) = _state(messages, {"v1": True}).views(1.0)
+    wide = dataclasses.replace(view, frame_size=(480, 320))
+    img = render.render_fleet([wide], tile_width=600)
+    assert img.shape == (render.BAND_H + 400 + render.FOOTER_H, 600, 3)  # 480x320 scaled to width 600
+
+
 def test_mask_alone_without_frame(messages) -> None:
     st = _state(messages, {"v1": False})
     (view,) = st.views(1.0)
