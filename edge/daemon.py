@@ -113,7 +113,9 @@ def engine_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
 
 def inference_size(cfg: EdgeConfig, card: Any) -> tuple[int, int] | str:
     size = cfg.model.inference_size
-    return tuple(card.input_size) if size is None else size
+    if size is None:  # the card says how its figures were measured
+        return "native" if card.inference == "native" else tuple(card.input_size)
+    return size
 
 
 def open_security(cfg: EdgeConfig) -> Any:

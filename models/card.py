@@ -31,6 +31,9 @@ class ModelCard(BaseModel):
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Probability above which a pixel is crack")
     size_multiple: int = Field(4, description="H and W must be multiples of this")
+    inference: Literal["resize", "native"] = Field(
+        "resize", description="How a consumer sizes frames by default: 'resize' to input_size, or 'native': "
+        "the frame's own size padded to size_multiple (the figures say which one they were measured at)")
     precision: str = Field("fp32", description="fp32, fp16 or int8 (QDQ)")
     params: int = Field(0, description="Trainable parameters")
     gflops: float = Field(0.0, description="2 x multiply-adds per input_size frame, in 1e9")

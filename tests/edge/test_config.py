@@ -115,3 +115,14 @@ def test_example_config_in_systemd_folder_is_valid():
     example = Path(__file__).resolve().parents[2] / "systemd" / "crack-edge.toml"
     cfg = load_config(example)
     assert cfg.source.mode == "latest" and cfg.record.enabled
+
+
+def test_inference_size_follows_the_card_unless_configured():
+    from edge.daemon import inference_size
+    from models.card import ModelCard
+
+    resize, native = ModelCard(name="a", input_size=(448, 448)), ModelCard(name="b", inference="native")
+    assert inference_size(EdgeConfig(), resize) == (448, 448)
+    assert inference_size(EdgeConfig(), native) == "native"
+    pinned = EdgeConfig.model_validate({"model": {"inference_size": [320, 480]}})
+    assert inference_size(pinned, native) == (320, 480)
