@@ -58,6 +58,8 @@ class TrainSettings(BaseSettings):
     amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU)")
     run_dir: Path = Field(Path("runs/run"), description="Where checkpoints, logs and the plot go")
     resume: bool = Field(False, description="Continue from run_dir/last.pt")
+    init: Path | None = Field(None, description=(
+        "Start from this checkpoint's weights (fine-tuning on your own roads); optimiser and epochs start afresh"))
     # Distillation (step 3 only)
     labels: Path | None = Field(None, description="Soft-label folder written by `crack-train labels` (with manifest.json)")
     teacher: Path | None = Field(None, description="Teacher checkpoint: when given, the labels must come from it")

@@ -99,7 +99,7 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
     settings = meta.get("settings", {})
     training = {k: meta[k] for k in ("role", "kd", "loss", "data", "seed", "train_images", "val_images",
                                      "label_temperature", "student_temperatures", "deploy_temperature",
-                                     "alpha", "teacher_sha256") if k in meta}
+                                     "alpha", "teacher_sha256", "init") if k in meta}
     training.update(epochs_trained=meta.get("epoch", -1) + 1, checkpoint=str(checkpoint),
                     checkpoint_sha256=sha256_file(checkpoint), validation=meta.get("val", {}),
                     threshold_source=threshold_source, val_fraction=settings.get("val_fraction"),

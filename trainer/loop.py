@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.card import sha256_file
 from trainer.config import TrainSettings
 from trainer.data import Pair, collate, read_pair
 from trainer.errors import ConfigError, MissingInput
@@ -118,6 +119,22 @@ class RunResult:
     stopped_early: bool
 
 
+def init_weights(net: nn.Module, path: Path, meta: dict[str, Any], device: str) -> None:
+    """Load another run's weights into ``net``: the start of a fine-tune, not a resume."""
+    if not path.is_file():
+        raise MissingInput(f"init: {path}: checkpoint not found")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+        state, arch = ck["model"], ck.get("meta", {}).get("arch")
+    except Exception as e:  # a truncated or foreign file: name it, do not print a pickle traceback
+        raise ConfigError(f"init: {path}: not a crack-train checkpoint ({e})") from None
+    if arch != meta.get("arch"):
+        raise ConfigError(f"init: {path}: checkpoint is a {arch!r}, this run a {meta.get('arch')!r}")
+    net.load_state_dict(state)
+    meta["init"] = {"checkpoint": str(path), "sha256": sha256_file(path), "epoch": ck.get("epoch")}
+    log.info("event=init checkpoint=%s arch=%s epoch=%s", path, arch, ck.get("epoch"))
+
+
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -181,6 +198,8 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
 
     history: list[dict[str, Any]] = []
     start_epoch, best, best_epoch, since_best = 0, -1.0, -1, 0
+    if cfg.init is not None and not cfg.resume:  # a resumed run already holds the fine-tuned weights
+        init_weights(net, Path(cfg.init), meta, device)
     if cfg.resume:
         if not last_path.exists():
             raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")

@@ -52,6 +52,28 @@ def test_resume_without_a_checkpoint_is_refused(tiny_data, tmp_path, train_argv)
     assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "none", "--resume")]) == 66
 
 
+def test_init_fine_tunes_from_another_runs_weights(tiny_data, tmp_path, train_argv, student_run):
+    run = tmp_path / "fine-tuned"
+    # The first step's loss starts from the trained weights, so it sits well below a fresh start's.
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "1", "--lr", "1e-9",
+                                                   "--init", str(student_run / "best.pt"))]) == 0
+    start, _ = load_checkpoint(student_run / "best.pt")
+    tuned, meta = load_checkpoint(run / "best.pt")
+    # lr 1e-9: the weights are still the init's (BatchNorm's running statistics do move, so not those)
+    for (name, a), (_, b) in zip(start.named_parameters(), tuned.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert meta["init"]["checkpoint"] == str(student_run / "best.pt") and len(meta["init"]["sha256"]) == 64
+
+
+def test_init_refuses_a_missing_or_foreign_checkpoint(tiny_data, tmp_path, train_argv, capsys):
+    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "a", "--init", str(tmp_path / "no.pt"))]) == 66
+    assert "no.pt: checkpoint not found" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "b", "--init", str(junk))]) == 78
+    assert "junk.pt: not a crack-train checkpoint" in capsys.readouterr().err
+
+
 def test_sigterm_loses_at_most_one_epoch_and_resume_continues(tiny_data, tmp_path, train_argv):
     run = tmp_path / "killed"
     argv = [sys.executable, "-m", "trainer.cli", "student", "--plain", *train_argv(tiny_data, run, "--epochs", "50")]
