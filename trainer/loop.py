@@ -131,8 +131,9 @@ def init_weights(net: nn.Module, path: Path, meta: dict[str, Any], device: str) 
     if arch != meta.get("arch"):
         raise ConfigError(f"init: {path}: checkpoint is a {arch!r}, this run a {meta.get('arch')!r}")
     net.load_state_dict(state)
-    meta["init"] = {"checkpoint": str(path), "sha256": sha256_file(path), "epoch": ck.get("epoch")}
-    log.info("event=init checkpoint=%s arch=%s epoch=%s", path, arch, ck.get("epoch"))
+    epoch = ck.get("epoch", ck["meta"].get("epoch"))  # last.pt keeps it beside the weights, best.pt in meta
+    meta["init"] = {"checkpoint": str(path), "sha256": sha256_file(path), "epoch": epoch}
+    log.info("event=init checkpoint=%s arch=%s epoch=%s", path, arch, epoch)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -63,6 +63,7 @@ def test_init_fine_tunes_from_another_runs_weights(tiny_data, tmp_path, train_ar
     for (name, a), (_, b) in zip(start.named_parameters(), tuned.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert meta["init"]["checkpoint"] == str(student_run / "best.pt") and len(meta["init"]["sha256"]) == 64
+    assert meta["init"]["epoch"] in (0, 1)
 
 
 def test_init_refuses_a_missing_or_foreign_checkpoint(tiny_data, tmp_path, train_argv, capsys):
