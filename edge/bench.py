@@ -65,24 +65,39 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def bench_bare(backend: Any, pre: Any, images: list[np.ndarray], warmup: int) -> dict[str, Any]:
-    """Raw figures of one bare round: frames timed, seconds, per-frame ms."""
+    """Raw figures of one bare round: frames timed, seconds, per-frame ms.
+
+    A backend that runs ``parallel`` frames at once is driven by as many threads, as the
+    pipeline drives it, and timed by the wall clock: its bare rate is its best, not one stream's.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     tensors = [pre(img)[0].copy() for img in images]
-    # One input buffer, refilled per frame, as the pipeline's pre-processor does: runtimes that
-    # bind the caller's memory must not be charged for a new array each time.
-    buf = np.empty_like(tensors[0])
-    for t in tensors[:warmup]:
-        np.copyto(buf, t)
-        backend.infer(buf)
-    times = []
-    seconds = 0.0
-    for t in tensors[warmup:]:
-        np.copyto(buf, t)
-        t0 = time.perf_counter()
-        backend.infer(buf)
-        dt = time.perf_counter() - t0
-        seconds += dt
-        times.append(dt * 1000.0)
-    return {"n": len(times), "seconds": seconds, "lat": times}
+    workers = max(1, int(getattr(backend, "parallel", 1) or 1))
+    # One input buffer per thread, refilled per frame, as the pipeline's pre-processors do: runtimes
+    # that bind the caller's memory must not be charged for a new array each time.
+    bufs = [np.empty_like(tensors[0]) for _ in range(workers)]
+
+    def run(worker: int, chunk: list[np.ndarray]) -> list[float]:
+        times = []
+        for t in chunk:
+            np.copyto(bufs[worker], t)
+            t0 = time.perf_counter()
+            backend.infer(bufs[worker])
+            times.append((time.perf_counter() - t0) * 1000.0)
+        return times
+
+    def spread(items: list[np.ndarray]) -> list[float]:
+        if workers == 1:
+            return run(0, items)
+        with ThreadPoolExecutor(workers) as pool:
+            parts = pool.map(run, range(workers), [items[i::workers] for i in range(workers)])
+            return [x for part in parts for x in part]
+
+    spread(tensors[:max(warmup, workers if warmup else 0)])
+    t0 = time.perf_counter()
+    times = spread(tensors[warmup:])
+    return {"n": len(times), "seconds": time.perf_counter() - t0, "lat": times}
 
 
 def bench_pipeline(cfg: EdgeConfig, backend: Any, card: Any, size: Any, images: list[np.ndarray],
@@ -184,6 +199,7 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
     cv2.setNumThreads(cfg.pipeline.cv2_threads)
     path, card = model_and_card(cfg)
     backend = build_backend(cfg, path, card)
+    path, card = backend.model_path, backend.card  # the file that runs (an INT8 sibling, an engine's ONNX)
     size = inference_size(cfg, card)
     rounds = max(1, min(rounds, frames))
     per = -(-frames // rounds)
@@ -210,8 +226,9 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
     backend.close()
     h, w = images[0].shape[:2] if size == "native" else size
     return {
-        "backend": backend.name, "precision": info.get("precision", cfg.backend.precision or card.precision),
-        "threads": cfg.backend.threads, "model": str(path), "source": cfg.source.uri, "size": f"{h}x{w}",
+        "backend": backend.name, "precision": info.get("precision") or card.precision,
+        "threads": cfg.backend.threads, "parallel": int(getattr(backend, "parallel", 1) or 1),
+        "model": str(path), "source": cfg.source.uri, "size": f"{h}x{w}",
         "frames": sum(r["n"] for r in bare_runs), "rounds": rounds, "bare": bare, "pipeline": pipe,
         "ratio": round(pipe["fps"] / bare["fps"], 3) if bare["fps"] else 0.0,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
@@ -228,30 +245,80 @@ def machine() -> dict[str, Any]:
     return {"cpu": cpu, "cores": os.cpu_count(), "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def default_choice(cfg: EdgeConfig) -> tuple[str, str] | None:
+    """(backend, model file name) the daemon runs with this config's backend and precision."""
+    from edge.backends.base import available_backends
+    from edge.daemon import StartupError, choose_model_file, model_and_card
+
+    name = cfg.backend.name
+    if name == "auto":
+        present = available_backends()
+        if not present:
+            return None
+        name = present[0]
+    try:
+        path, card = choose_model_file(name, cfg, *model_and_card(cfg))
+    except StartupError:
+        return None
+    return name, Path(path).name
+
+
+def mark_default(results: list[dict[str, Any]], choice: tuple[str, str] | None) -> None:
+    """Flag the row the daemon's own choice produced (its file at its card's precision)."""
+    from models.card import load_card
+
+    for r in results:
+        r["default"] = False
+    if choice is None:
+        return
+    for r in results:
+        if (r["backend"], Path(r["model"]).name) == choice and r["precision"] == load_card(r["model"], verify=False).precision:
+            r["default"] = True
+            return
+
+
+def targets(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The CPU targets of docs/cpu-inference.md, from this one run: the default row's pipeline
+    against bare ONNX Runtime fp32, and against the fastest bare runtime present."""
+    default = next((r for r in results if r.get("default")), None)
+    ort = next((r for r in results if r["backend"] == "onnxruntime" and r["precision"] == "fp32"), None)
+    if default is None or not results:
+        return {}
+    fastest = max(results, key=lambda r: r["bare"]["fps"])
+    out: dict[str, Any] = {"default": f"{default['backend']} {default['precision']} {Path(default['model']).name}",
+                           "default_pipeline_fps": default["pipeline"]["fps"],
+                           "fastest_bare": f"{fastest['backend']} {fastest['precision']}",
+                           "fastest_bare_fps": fastest["bare"]["fps"],
+                           "vs_fastest_bare": round(default["pipeline"]["fps"] / fastest["bare"]["fps"], 3)}
+    if ort is not None and ort["bare"]["fps"]:
+        out["onnxruntime_fp32_bare_fps"] = ort["bare"]["fps"]
+        out["vs_onnxruntime_fp32_bare"] = round(default["pipeline"]["fps"] / ort["bare"]["fps"], 3)
+    return out
+
+
 def table(results: list[dict[str, Any]], mach: dict[str, Any]) -> str:
     lines = [f"machine: {mach['cpu']}, {mach['cores']} cores, load {mach['load_1min']} at start"]
-    head = (f"{'backend':<12} {'prec':<5} {'size':<9} {'bare fps':>8} {'pipe fps':>8} {'ratio':>6} "
+    head = (f"{'backend':<12} {'prec':<5} {'par':>3} {'size':<9} {'bare fps':>8} {'pipe fps':>8} {'ratio':>6} "
             f"{'bare p50':>8} {'bare p99':>8} {'pipe p50':>8} {'pipe p99':>8} {'msg B':>7} {'RSS MB':>7}")
     lines += [head, "-" * len(head)]
     for r in results:
         b, p = r["bare"], r["pipeline"]
-        lines.append(f"{r['backend']:<12} {r['precision']:<5} {r['size']:<9} {b['fps']:>8.2f} {p['fps']:>8.2f} "
+        name = ("*" if r.get("default") else "") + r["backend"]
+        lines.append(f"{name:<12} {r['precision']:<5} {r['parallel']:>3} {r['size']:<9} {b['fps']:>8.2f} {p['fps']:>8.2f} "
                      f"{r['ratio']:>6.2f} {b['p50_ms']:>8.1f} {b['p99_ms']:>8.1f} {p['p50_ms']:>8.1f} "
                      f"{p['p99_ms']:>8.1f} {p['message_bytes']:>7d} {r['peak_rss_mb']:>7.1f}")
     for r in results:
         stages = "  ".join(f"{k} {v:.2f}" for k, v in r["pipeline"]["stages_ms"].items())
         lines.append(f"stages ms ({r['backend']} {r['precision']}): {stages}")
-    lines.append("pipe p50/p99: capture to sent, every-frame mode (includes the wait for the model)")
+    lines.append("par: frames inferred at once (backend.streams); pipe p50/p99: capture to sent, every-frame mode "
+                 "(includes the wait for the model)")
+    t = targets(results)
+    if t:
+        lines.append(f"* the daemon's choice with this config: {t['default']}, pipeline {t['default_pipeline_fps']:.2f} fps "
+                     f"= {t['vs_fastest_bare']:.2f} of the fastest bare ({t['fastest_bare']}, {t['fastest_bare_fps']:.2f})"
+                     + (f", {t['vs_onnxruntime_fp32_bare']:.2f}x bare onnxruntime fp32 ({t['onnxruntime_fp32_bare_fps']:.2f})"
+                        if "vs_onnxruntime_fp32_bare" in t else ""))
     return "\n".join(lines)
-
-
-def int8_sibling(model: Path) -> Path | None:
-    """``NAME-int8.onnx`` beside ``NAME.onnx`` (what `crack-train quantize` writes), if it is there."""
-    model = Path(model)
-    if model.stem.endswith("-int8"):
-        return model
-    path = model.with_name(f"{model.stem}-int8.onnx")
-    return path if path.is_file() else None
 
 
 def precision_pairs(cfg: EdgeConfig) -> list[EdgeConfig]:
@@ -261,13 +328,14 @@ def precision_pairs(cfg: EdgeConfig) -> list[EdgeConfig]:
     has it; other runtimes get one row at the configured precision.
     """
     from edge.backends.base import available_backends, backend_class
+    from models.card import int8_sibling
 
     fp32 = Path(cfg.model.path)
     int8 = int8_sibling(fp32)
     out = []
     for name in available_backends():
         if name == "onnxruntime":
-            rows = [(None, fp32)] + ([(None, int8)] if int8 and int8 != fp32 else [])
+            rows = [("fp32", fp32)] + ([("int8", int8)] if int8 and int8 != fp32 else [])
         elif hasattr(backend_class(name), "precisions_here"):
             here = backend_class(name).precisions_here()
             rows = [(p, fp32) for p in here if p != "int8"] + ([("int8", int8)] if int8 and "int8" in here else [])
@@ -287,13 +355,8 @@ def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = Fal
     from edge.capture import SourceError
     from edge.daemon import StartupError
 
-    if all_backends:
-        configs = precision_pairs(cfg)
-    elif cfg.backend.precision == "int8" and int8_sibling(cfg.model.path):
-        # `--precision int8` on the fp32 model means its quantised sibling (the row names the file).
-        configs = [cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": int8_sibling(cfg.model.path)})})]
-    else:
-        configs = [cfg]
+    # Without --all: the config as the daemon would run it (the INT8 sibling included, when chosen).
+    configs = precision_pairs(cfg) if all_backends else [cfg]
     mach = machine()
     results = []
     for one in configs:
@@ -305,8 +368,9 @@ def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = Fal
         except SourceError as e:
             print(f"crack-edge bench: source.uri: {e}", file=sys.stderr)
             return 66  # EX_NOINPUT
+    mark_default(results, default_choice(cfg))
     if as_json:
-        print(json.dumps({"machine": mach, "results": results}, indent=2))
+        print(json.dumps({"machine": mach, "results": results, "targets": targets(results)}, indent=2))
     else:
         print(table(results, mach))
     return 0

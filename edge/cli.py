@@ -21,7 +21,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", metavar="PATH", help="ONNX model (card NAME.json beside it) or TensorRT .engine")
     p.add_argument("--backend", "-b", metavar="NAME", help="auto, tensorrt, openvino or onnxruntime")
     p.add_argument("--threads", type=int, metavar="N", help="runtime CPU threads (0: runtime default)")
-    p.add_argument("--precision", metavar="P", help="fp32, fp16, bf16 or int8, where the runtime offers a choice")
+    p.add_argument("--precision", metavar="P", help=(
+        "fp32, fp16, bf16 or int8 (default: the model's own, or its INT8 sibling on a CPU runtime)"))
+    p.add_argument("--streams", type=int, metavar="N", help="frames inferred at once (OpenVINO; 0: auto)")
     p.add_argument("--inference-size", metavar="HxW", help="e.g. 448x448, or 'native' (frame size padded to a multiple of 4)")
     p.add_argument("--vehicle-id", metavar="ID", help="name in topics mask/<ID> and status/<ID> (default: host name)")
     p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR")
@@ -82,6 +84,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
     flat = {
         "source.uri": get("source"), "model.path": get("model"), "backend.name": get("backend"),
         "backend.threads": get("threads"), "backend.precision": get("precision"),
+        "backend.streams": get("streams"),
         "model.inference_size": get("size") or get("inference_size"), "vehicle_id": get("vehicle_id"),
         "log_level": get("log_level").upper() if get("log_level") else None,
         "publish.endpoint": get("publish"), "pipeline.max_frames": get("max_frames"), "source.mode": get("mode"),
@@ -129,6 +132,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         spec = parse_source(cfg.source.uri)
         path, card = model_and_card(cfg)
         backend = build_backend(cfg, path, card)
+        path, card = backend.model_path, backend.card  # what runs: maybe an engine's ONNX or an INT8 sibling
     except ValueError as e:
         print(f"crack-edge: source.uri: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -140,13 +144,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     size = inference_size(cfg, card)
     h, w = (card.input_size if size == "native" else size)
     out = backend.infer(np.zeros((1, 3, h, w), np.float32))
+    info = backend.describe()
     backend.close()
     if out.shape != (1, 1, h, w):
         print(f"crack-edge: model.path: {path}: output shape {out.shape}, expected (1, 1, {h}, {w})", file=sys.stderr)
         return EXIT_CONFIG
     present = spec.kind not in ("file", "folder") or os.path.exists(spec.target)
     print(f"config ok: vehicle_id={cfg.vehicle_id} endpoint={cfg.publish.endpoint}")
-    print(f"model ok: {path} backend={backend.name} size={size} threshold={cfg.model.threshold or card.threshold}")
+    print(f"model ok: {path} backend={backend.name} precision={info.get('precision') or card.precision} "
+          f"size={size} threshold={cfg.model.threshold or card.threshold}")
     print(f"source: {spec.kind} {spec.target}" + ("" if present else " (not present now: the daemon will retry)"))
     return 0
 

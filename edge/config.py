@@ -104,8 +104,12 @@ class ModelConfig(Section):
 class BackendConfig(Section):
     name: str = Field("auto", description="Inference runtime: auto (best present), tensorrt, openvino or onnxruntime")
     threads: int = Field(0, ge=0, description="Runtime CPU threads (0: the runtime's default)")
+    streams: int = Field(0, ge=0, le=16, description=(
+        "Frames inferred at once, each on its share of the cores (OpenVINO; 0: auto, 2 on a multi-core CPU, "
+        "1 for the lowest latency per frame)"))
     precision: Literal["fp32", "fp16", "bf16", "int8"] | None = Field(None, description=(
-        "Precision the runtime compiles for, where it offers a choice (default: the model's own)"))
+        "Precision to run at (default: the model's own; on a CPU runtime, the model's guarded INT8 sibling "
+        "NAME-int8.onnx when there is one; fp32 keeps the fp32 file)"))
     cache_dir: Path | None = Field(None, description=(
         "Where compiled engines are cached (default: $CACHE_DIRECTORY under systemd, else ~/.cache/crack-edge)"))
     options: dict[str, Any] = Field(default_factory=dict, description="Further runtime-specific options passed to the backend")
@@ -131,6 +135,8 @@ class BackendConfig(Section):
         opts: dict[str, Any] = dict(self.options)
         if self.threads:
             opts["threads"] = self.threads
+        if self.streams:
+            opts["streams"] = self.streams
         if self.precision:
             opts["precision"] = self.precision
         opts["cache_dir"] = str(self.resolved_cache_dir())

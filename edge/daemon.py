@@ -60,14 +60,51 @@ def build_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
 
 
 def load_backend(name: str, cfg: EdgeConfig, path: Path, card: Any) -> Any:
-    from edge.backends.base import BackendError, create_backend
+    from edge.backends.base import BackendError, available_backends, create_backend
 
+    if name == "auto":
+        present = available_backends()
+        name = present[0] if present else name  # none at all: create_backend says so
+    path, card = choose_model_file(name, cfg, path, card)
     try:
         backend = create_backend(name, path, card, **cfg.backend.runtime_options())
         backend.load()
     except BackendError as e:
         raise StartupError(f"backend.name={name}: {e}", EXIT_CONFIG) from None
     return backend
+
+
+def choose_model_file(name: str, cfg: EdgeConfig, path: Path, card: Any) -> tuple[Path, Any]:
+    """The fp32 model, or its guarded INT8 sibling where that is what the config or the runtime wants.
+
+    ``backend.precision`` unset: a CPU runtime (``prefers_int8``) runs ``NAME-int8.onnx`` when it
+    is the quantisation of this very file, else the file as given.  ``int8``: the sibling, or a
+    StartupError(78) saying why there is none.  Anything else: the file as given.
+    """
+    from edge.backends.base import BackendError, backend_class
+    from models.card import CardError, quantized_variant
+
+    wanted = cfg.backend.precision
+    if card.precision != "fp32" or wanted not in (None, "int8"):
+        return path, card
+    if wanted is None:
+        try:
+            if not backend_class(name).prefers_int8():
+                return path, card
+        except BackendError:
+            return path, card  # an unknown or missing runtime: create_backend gives the message
+    try:
+        qpath, qcard = quantized_variant(path, card, verify=cfg.model.verify_sha256)
+    except CardError as e:
+        if wanted == "int8":
+            raise StartupError(f"backend.precision=int8: {e}", EXIT_CONFIG) from None
+        log.info("event=model_variant backend=%s model=%s precision=fp32 reason=%r", name, path, str(e))
+        return path, card
+    guard = (getattr(qcard, "quantization", None) or {}).get("guard", {})
+    log.info("event=model_variant backend=%s model=%s precision=int8 reason=%r f1_fp32=%s f1_int8=%s", name, qpath,
+             "precision int8 asked for" if wanted else f"{name} runs INT8 faster here; backend.precision=fp32 keeps fp32",
+             guard.get("f1_fp32"), guard.get("f1_int8"))
+    return qpath, qcard
 
 
 def engine_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
@@ -231,8 +268,10 @@ class Daemon:
             raise StartupError(f"source.uri: {e}", EXIT_CONFIG) from None
         self.security = open_security(cfg)
         path, card = model_and_card(cfg)
-        self.model_sha256 = card.sha256 or sha256_file(path)
         self.backend = build_backend(cfg, path, card)
+        # What runs may be another file than the one configured (an engine's ONNX, an INT8 sibling).
+        path, card = self.backend.model_path, self.backend.card
+        self.model_sha256 = card.sha256 or sha256_file(path)
         self.size = inference_size(cfg, card)
         recorder = self.open_recorder()
         self.ctx, self.sock = open_publisher(cfg, self.security)
@@ -384,7 +423,7 @@ class Daemon:
             p.send_status(self.status_header(time.monotonic()))
             if not p.stop(timeout=1.0):
                 log.warning("pipeline threads did not end in time; leaving them")
-        threads_done = p is None or not (p.infer_thread.is_alive() or p.publish_thread.is_alive())
+        threads_done = p is None or not p.alive()
         if self.sock is not None and threads_done:
             self.sock.close(self.cfg.publish.linger_ms)
             if self.security is not None:
@@ -398,7 +437,7 @@ class Daemon:
         """True when a hung reader or pipeline thread remains (the caller then skips interpreter teardown)."""
         stuck = self.supervisor.stuck_readers if self.supervisor is not None else 0
         p = self.pipeline
-        return bool(stuck) or (p is not None and (p.infer_thread.is_alive() or p.publish_thread.is_alive()))
+        return bool(stuck) or (p is not None and p.alive())
 
 
 def run(cfg: EdgeConfig) -> int:

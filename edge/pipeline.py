@@ -1,7 +1,11 @@
 """Capture -> inference -> publish, overlapped in threads joined by bounded queues.
 
-    capture thread --frames--> inference thread --results--> publish thread --> PUB socket
-                                                                   ^--- status headers (daemon tick)
+    capture thread --frames--> inference thread(s) --results--> publish thread --> PUB socket
+                                                                      ^--- status headers (daemon tick)
+
+A backend that runs several frames at once (``backend.parallel``, OpenVINO's streams) gets that
+many inference threads, each with its own pre-processing buffers; they hand their results on in
+the order the frames were taken, so masks are published in capture order all the same.
 
 In "latest" mode a full queue drops its oldest item (counted), so a camera faster than the
 model never builds latency; in "every" mode (files, folders) the producer waits instead, so
@@ -132,6 +136,10 @@ class Pipeline:
         self.max_frames = max_frames
         self.recorder = recorder
         self.wait_subscriber_s = wait_subscriber_s
+        self.workers = max(1, int(getattr(backend, "parallel", 1) or 1))
+        self.pres = [pre] + [pre.clone() for _ in range(self.workers - 1)]
+        # One frame waiting, whatever the number of inference threads: in latest mode the next free
+        # thread takes the newest frame, never one that waited behind another.
         self.frames = FrameQueue(1, drop_oldest=not every_frame)
         self.results = FrameQueue(queue_size, drop_oldest=not every_frame)
         self.times = StageTimes()
@@ -144,19 +152,31 @@ class Pipeline:
         self._status_lock = threading.Lock()
         self._last_status: dict[str, Any] | None = None
         self.beats = {"inference": time.monotonic(), "publish": time.monotonic()}
-        self.busy = {"inference": False, "publish": False}
+        self.busy = {"inference": 0, "publish": 0}
+        self._take_lock = threading.Lock()     # a frame and its ticket are taken together
+        self._order = threading.Condition()    # results leave in ticket order
+        self._tickets = {"taken": 0, "handed_on": 0}
         self.seq = {"mask": 0, "status": 0}
         self._socket_calls: list[Callable[[zmq.Socket], Any]] = []
-        self.infer_thread = threading.Thread(target=self._guard, args=("inference", self._infer_loop),
-                                             name="inference", daemon=True)
+        self.infer_threads = [threading.Thread(target=self._guard, args=("inference", self._infer_loop, i),
+                                               name=f"inference-{i}" if self.workers > 1 else "inference",
+                                               daemon=True) for i in range(self.workers)]
         self.publish_thread = threading.Thread(target=self._guard, args=("publish", self._publish_loop),
                                                name="publish", daemon=True)
 
     # ------------------------------------------------------------ control (daemon thread)
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [*self.infer_threads, self.publish_thread]
+
     def start(self) -> None:
-        self.infer_thread.start()
-        self.publish_thread.start()
+        for t in self.threads:
+            t.start()
+
+    def alive(self) -> bool:
+        """Whether any pipeline thread still runs."""
+        return any(t.is_alive() for t in self.threads)
 
     def put_frame(self, item: Captured, should_stop: Callable[[], bool]) -> bool:
         """The capture thread's sink."""
@@ -177,17 +197,19 @@ class Pipeline:
 
     def healthy(self, now: float, stall_s: float) -> bool:
         """Both threads alive and looping recently (the watchdog's criterion)."""
-        return (self.infer_thread.is_alive() and self.publish_thread.is_alive()
+        return (all(t.is_alive() for t in self.threads)
                 and all(now - b < stall_s for b in self.beats.values()))
 
     def stop(self, timeout: float) -> bool:
         """Stop both threads; True when they ended within ``timeout``."""
         self.stop_event.set()
         deadline = time.monotonic() + timeout
-        for t in (self.infer_thread, self.publish_thread):
+        with self._order:
+            self._order.notify_all()  # an inference thread waiting for its turn
+        for t in self.threads:
             if t.is_alive():
                 t.join(max(0.0, deadline - time.monotonic()))
-        return not (self.infer_thread.is_alive() or self.publish_thread.is_alive())
+        return not self.alive()
 
     @property
     def drops(self) -> dict[str, int]:
@@ -196,24 +218,28 @@ class Pipeline:
 
     # ------------------------------------------------------------ threads
 
-    def _guard(self, name: str, loop: Callable[[], None]) -> None:
+    def _guard(self, name: str, loop: Callable[..., None], *args: Any) -> None:
         try:
-            loop()
+            loop(*args)
         except BaseException as e:  # a dead pipeline thread must end the daemon, not hang it
             self.failure = e
             log.exception("pipeline thread died thread=%s", name)
 
-    def _infer_loop(self) -> None:
+    def _infer_loop(self, worker: int = 0) -> None:
+        pre = self.pres[worker]
         while not self.stop_event.is_set():
             self.beats["inference"] = time.monotonic()
-            item: Captured | None = self.frames.get(0.1)
-            if item is None:
-                continue
-            self.busy["inference"] = True
+            with self._take_lock:
+                item: Captured | None = self.frames.get(0.1)
+                if item is None:
+                    continue
+                ticket = self._tickets["taken"]
+                self._tickets["taken"] += 1
+            self._set_busy(+1)
             try:
                 t0 = time.perf_counter()
                 self.times.add("capture", item.read_s)
-                tensor, seen = self.pre(item.image)
+                tensor, seen = pre(item.image)
                 t1 = time.perf_counter()
                 out = self.backend.infer(tensor)
                 t2 = time.perf_counter()
@@ -223,9 +249,30 @@ class Pipeline:
                 self.times.add("infer", t2 - t1)
                 # The preprocessor reuses its buffer: keep a copy of what the model saw.
                 keep_seen = seen.copy() if self.ident.frame_jpeg else seen[:0]
-                self.results.put(Inferred(item, prob, keep_seen, (t2 - t1) * 1000.0), self.stop_event.is_set)
+                if self._wait_turn(ticket):
+                    self.results.put(Inferred(item, prob, keep_seen, (t2 - t1) * 1000.0), self.stop_event.is_set)
+                    self._hand_on()
             finally:
-                self.busy["inference"] = False
+                self._set_busy(-1)
+
+    def _set_busy(self, step: int) -> None:
+        with self._order:
+            self.busy["inference"] += step
+
+    def _wait_turn(self, ticket: int) -> bool:
+        """Wait until every frame taken before this one was handed on; False when stopping."""
+        with self._order:
+            while self._tickets["handed_on"] != ticket:
+                if self.stop_event.is_set() or self.failure is not None:
+                    return False
+                self.beats["inference"] = time.monotonic()
+                self._order.wait(0.1)
+            return True
+
+    def _hand_on(self) -> None:
+        with self._order:
+            self._tickets["handed_on"] += 1
+            self._order.notify_all()
 
     def _publish_loop(self) -> None:
         if self.wait_subscriber_s > 0:
@@ -240,11 +287,11 @@ class Pipeline:
             item: Inferred | None = self.results.get(0.05)
             if item is None:
                 continue
-            self.busy["publish"] = True
+            self.busy["publish"] = 1
             try:
                 self._publish_mask(item)
             finally:
-                self.busy["publish"] = False
+                self.busy["publish"] = 0
         self._flush_status()
         if self.recorder is not None:
             self.recorder.close()

@@ -42,6 +42,10 @@ class Preprocessor:
         self._tensor: np.ndarray | None = None
         self._resized: np.ndarray | None = None
 
+    def clone(self) -> "Preprocessor":
+        """Same card and size, buffers of its own (one per inference thread)."""
+        return Preprocessor(self.card, self.size)
+
     def output_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the mask for a frame of this size."""
         return frame_hw if self.size == "native" else self.size  # type: ignore[return-value]

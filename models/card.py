@@ -75,3 +75,32 @@ def write_card(card: ModelCard, onnx_path: str | Path) -> Path:
     path = card_path(onnx_path)
     path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
     return path
+
+
+def int8_sibling(onnx_path: str | Path) -> Path | None:
+    """``NAME-int8.onnx`` beside ``NAME.onnx`` (what `crack-train quantize` writes), if it is there."""
+    model = Path(onnx_path)
+    if model.stem.endswith("-int8"):
+        return model
+    path = model.with_name(f"{model.stem}-int8.onnx")
+    return path if path.is_file() else None
+
+
+def quantized_variant(onnx_path: str | Path, card: ModelCard, verify: bool = True) -> tuple[Path, ModelCard]:
+    """The guarded INT8 sibling of an fp32 model and its card, or CardError saying why it cannot serve.
+
+    It must be the quantisation of *this* file: its card's ``quantization.source_sha256`` names
+    the fp32 file's sha256, so an INT8 file left beside a retrained model is never picked up.
+    """
+    path = int8_sibling(onnx_path)
+    if path is None:
+        raise CardError(f"{onnx_path}: no {Path(onnx_path).stem}-int8.onnx beside it (make one with `crack-train quantize`)")
+    qcard = load_card(path, verify=verify)
+    if qcard.precision != "int8":
+        raise CardError(f"{card_path(path)}: precision is {qcard.precision!r}, not int8")
+    source = (getattr(qcard, "quantization", None) or {}).get("source_sha256", "")
+    own = card.sha256 or sha256_file(onnx_path)
+    if source != own:
+        raise CardError(f"{card_path(path)}: quantised from {source[:12] or 'an unnamed model'}…, "
+                        f"not from {Path(onnx_path).name} ({own[:12]}…)")
+    return path, qcard

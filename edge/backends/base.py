@@ -35,6 +35,9 @@ class Backend(ABC):
     """Runs one model: float32 [N,3,H,W] normalised input -> float32 [N,1,H,W] crack probability."""
 
     name: str = "base"
+    # How many infer() calls may usefully run at once (the pipeline starts that many inference
+    # threads); a runtime that sets it above 1 must make infer() thread-safe.
+    parallel: int = 1
 
     def __init__(self, model_path: str | Path, card: ModelCard, **options: Any) -> None:
         self.model_path = Path(model_path)
@@ -45,6 +48,15 @@ class Backend(ABC):
     def available(cls) -> bool:
         """True when the runtime can be imported here (cheap: no model is loaded)."""
         return True
+
+    @classmethod
+    def prefers_int8(cls) -> bool:
+        """Whether this runtime, here, runs a model's guarded INT8 sibling faster than the fp32 file.
+
+        When the config names no precision, the daemon then loads ``NAME-int8.onnx`` instead of
+        ``NAME.onnx`` (see :func:`models.card.quantized_variant`).
+        """
+        return False
 
     @abstractmethod
     def load(self) -> None:

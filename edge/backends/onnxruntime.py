@@ -16,6 +16,13 @@ class OnnxRuntimeBackend(Backend):
     def available(cls) -> bool:
         return importlib.util.find_spec("onnxruntime") is not None
 
+    @classmethod
+    def prefers_int8(cls) -> bool:
+        # On the CPU the QDQ file is ~1.2x faster; a GPU build keeps the fp32 file (QDQ on CUDA is slower).
+        import onnxruntime as ort
+
+        return "CUDAExecutionProvider" not in ort.get_available_providers()
+
     def load(self) -> None:
         import onnxruntime as ort
 

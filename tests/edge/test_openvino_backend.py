@@ -205,7 +205,7 @@ def test_bench_lists_every_backend_precision_pair(student_onnx, int8_onnx, tmp_p
         shutil.copy(src.with_suffix(".json"), folder / f"{stem}.json")
     cfg = load_config(None, {"model": {"path": str(folder / "net.onnx")}})
     rows = [(c.backend.name, c.backend.precision, Path(c.model.path).name) for c in precision_pairs(cfg)]
-    assert ("onnxruntime", None, "net.onnx") in rows and ("onnxruntime", None, "net-int8.onnx") in rows
+    assert ("onnxruntime", "fp32", "net.onnx") in rows and ("onnxruntime", "int8", "net-int8.onnx") in rows
     assert ("openvino", "fp32", "net.onnx") in rows and ("openvino", "int8", "net-int8.onnx") in rows
     assert (("openvino", "bf16", "net.onnx") in rows) == ("bf16" in OpenVINOBackend.precisions_here())
     (folder / "net-int8.onnx").unlink()
@@ -262,3 +262,81 @@ def test_unusable_cache_dir_runs_uncached_and_says_why(student_onnx, frames, tmp
     assert backend.infer(frames[0]).shape == (1, 1, 64, 96)
     info = backend.describe()
     assert info["cache_dir"] is None and "not-a-dir" in info["cache_error"]
+
+
+def test_streams_infer_frames_at_once_with_the_same_results(student_onnx, frames):
+    """Two streams, driven from two threads at once, give what one stream gives, frame by frame."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    one = _run("openvino", student_onnx, frames, precision="fp32", streams=1)
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", streams=2)
+    backend.load()
+    try:
+        assert backend.parallel == 2 and backend.describe()["streams"] == 2
+        batches = [np.ascontiguousarray(f) for f in frames * 4]
+        with ThreadPoolExecutor(2) as pool:
+            two = list(pool.map(backend.infer, batches))
+    finally:
+        backend.close()
+    for i, out in enumerate(two):
+        np.testing.assert_allclose(out, one[i % len(frames)], atol=1e-5)
+
+
+def test_threads_bound_the_streams(student_onnx):
+    backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="fp32", streams=4, threads=1)
+    backend.load()
+    assert backend.parallel == 1, "a stream needs a thread of its own"
+    backend.close()
+
+
+def _model_pair(student_onnx: Path, int8_onnx: Path, folder: Path, source_sha: str | None = None) -> Path:
+    """net.onnx + net-int8.onnx in ``folder``, the INT8 card naming its source as quantize writes it."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(student_onnx, folder / "net.onnx")
+    shutil.copy(student_onnx.with_suffix(".json"), folder / "net.json")
+    shutil.copy(int8_onnx, folder / "net-int8.onnx")
+    card = load_card(int8_onnx).model_dump()
+    card["quantization"] = {"format": "QDQ", "source_model": "net.onnx",
+                            "source_sha256": source_sha or sha256_file(folder / "net.onnx"),
+                            "guard": {"f1_fp32": 0.9, "f1_int8": 0.895}}
+    from models.card import ModelCard
+
+    write_card(ModelCard.model_validate(card), folder / "net-int8.onnx")
+    return folder / "net.onnx"
+
+
+def _check(*args: str) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "edge.cli", "check", "--source", str(DEMO_CLIP), *args],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.mark.timeout(150)
+def test_cpu_runtimes_run_the_guarded_int8_sibling_unless_told_fp32(student_onnx, int8_onnx, tmp_path):
+    net = _model_pair(student_onnx, int8_onnx, tmp_path / "m")
+    for backend in ("auto", "openvino", "onnxruntime"):
+        code, out = _check("--model", str(net), "--backend", backend)
+        assert code == 0, out
+        assert f"model ok: {net.with_name('net-int8.onnx')} " in out and "precision=int8" in out, out
+        assert "event=model_variant" in out and "f1_int8=0.895" in out
+    code, out = _check("--model", str(net), "--backend", "openvino", "--precision", "fp32")
+    assert code == 0 and f"model ok: {net} backend=openvino precision=fp32" in out, out
+    code, out = _check("--model", str(net), "--backend", "openvino", "--precision", "int8")
+    assert code == 0 and f"model ok: {net.with_name('net-int8.onnx')} backend=openvino precision=int8" in out, out
+
+
+def test_a_stale_int8_sibling_is_passed_over_and_int8_then_refused(student_onnx, int8_onnx, tmp_path):
+    net = _model_pair(student_onnx, int8_onnx, tmp_path / "m", source_sha="0" * 64)  # quantised from another model
+    code, out = _check("--model", str(net), "--backend", "openvino")
+    assert code == 0 and f"model ok: {net} backend=openvino precision=fp32" in out, out
+    assert "quantised from 000000000000" in out, "the log says why the INT8 file was not used"
+    code, out = _check("--model", str(net), "--backend", "openvino", "--precision", "int8")
+    assert code == 78 and "backend.precision=int8" in out and "net-int8.json: quantised from" in out, out
+    (net.with_name("net-int8.onnx")).unlink()
+    code, out = _check("--model", str(net), "--backend", "onnxruntime", "--precision", "int8")
+    assert code == 78 and "no net-int8.onnx beside it" in out, out
