@@ -199,20 +199,10 @@ def python_cmd(module: str, *args: str) -> list[str]:
 
 
 def write_clip(path: Path, n: int, size: tuple[int, int] = (96, 64), fps: float = 10.0) -> Path:
-    """A small real mp4 (grey texture, a dark line moving): for fixtures wider than one test."""
-    import cv2
-    import numpy as np
+    """A small real mp4 for fixtures wider than one test (tests/media.py, at 10 fps by default)."""
+    from media import write_video
 
-    w, h = size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    assert vw.isOpened(), f"OpenCV cannot write {path}"
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        img = rng.integers(100, 160, (h, w, 3), dtype=np.uint8)
-        cv2.line(img, (i % w, 0), (w - 1 - i % w, h - 1), (30, 30, 30), 2)
-        vw.write(img)
-    vw.release()
-    return path
+    return write_video(path, n, size, fps)
 
 
 def tcp_send_queue(local_port: int) -> int:
