@@ -66,8 +66,10 @@ def load_backend(name: str, cfg: EdgeConfig, path: Path, card: Any) -> Any:
         present = available_backends()
         name = present[0] if present else name  # none at all: create_backend says so
     path, card = choose_model_file(name, cfg, path, card)
+    size = inference_size(cfg, card)
+    options = {**cfg.backend.runtime_options(), "warm_size": None if size == "native" else size}
     try:
-        backend = create_backend(name, path, card, **cfg.backend.runtime_options())
+        backend = create_backend(name, path, card, **options)
         backend.load()
     except BackendError as e:
         raise StartupError(f"backend.name={name}: {e}", EXIT_CONFIG) from None

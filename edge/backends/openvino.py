@@ -122,9 +122,11 @@ class OpenVINOBackend(Backend):
         self._compiled: OrderedDict[tuple[int, ...], tuple[Any, queue.SimpleQueue]] = OrderedDict()
         self.compile_ms: dict[str, float] = {}
         self.from_cache: dict[str, bool] = {}
-        # Compile the card's size now, so the first frame is not the one that pays for it.
-        h, w = self.card.input_size
-        self._requests((1, 3, int(h), int(w)))
+        # Compile the size frames will come at now, so the first frame is not the one that pays for
+        # it: the caller's ``warm_size`` (None: unknown until a frame comes, as for 'native'), else the card's.
+        warm = self.options.get("warm_size", tuple(self.card.input_size))
+        if warm:
+            self._requests((1, 3, int(warm[0]), int(warm[1])))
 
     def _choose_precision(self) -> tuple[str, str]:
         """The precision to run at, and why it differs from the one asked for ('' when it does not)."""

@@ -340,3 +340,20 @@ def test_a_stale_int8_sibling_is_passed_over_and_int8_then_refused(student_onnx,
     (net.with_name("net-int8.onnx")).unlink()
     code, out = _check("--model", str(net), "--backend", "onnxruntime", "--precision", "int8")
     assert code == 78 and "no net-int8.onnx beside it" in out, out
+
+
+@pytest.mark.timeout(120)
+def test_daemon_compiles_only_the_size_it_runs(student_onnx, edge_daemon, subscriber):
+    """Start-up compiles the configured inference size; 'native' compiles the camera's size alone."""
+    if not DEMO_CLIP.exists():
+        pytest.skip(f"demo clip {DEMO_CLIP} is not there")
+    for size, want in (("96x128", ["1x3x96x128"]), ("native", ["1x3x320x480"])):
+        endpoint = _free_endpoint()
+        sub = subscriber(endpoint)
+        d = edge_daemon("--model", str(student_onnx), "--backend", "openvino", "--precision", "fp32",
+                        "--publish", endpoint, "--inference-size", size, "--source", str(DEMO_CLIP),
+                        "--no-loop", "--mode", "every", "--max-frames", "1", "--wait-subscriber", "15", "--no-frame")
+        assert len(sub.collect(1, timeout=60)) == 1, d.log()
+        assert d.wait(30) == 0, d.log()
+        compiled = [ln.split("shape=")[1].split()[0] for ln in d.log().splitlines() if "event=compiled" in ln]
+        assert compiled == want, d.log()
