@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
+from trainer.data import VAL_ALIASES, Pair, list_pairs, pad_to_multiple, read_pair
 from trainer.errors import ConfigError, MissingInput
 from trainer.inference import OnnxPredictor, TorchPredictor, predict_image
 from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
@@ -160,6 +160,9 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
         "threshold": thr, "threshold_source": source, "metrics": summary,
         "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),
         "per_image": [r.__dict__ for r in per_image], "worst": [r.name for r in worst_rows],
+        # The [H, W] the model ran at: what a card's validated_sizes records.
+        "sizes": ([list(m.input_size)] if mode == "resize"
+                  else sorted({pad_to_multiple(*p.shape[:2], 4) for p in probs.values()})),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if write_card:
@@ -184,6 +187,10 @@ def _update_card(model: str | Path, report: dict[str, Any], picked: bool) -> Non
                          "published_A": s["published_A"], "published_M": s["published_M"],
                          "ms_per_image": report["ms_per_image"], "input_size": report["input_size"]}
     card.metrics["definitions"] = s["definitions"]
+    sizes = {tuple(x) for x in card.validated_sizes} | {tuple(x) for x in report.get("sizes", [])}
+    card.validated_sizes = sorted(sizes)
     if picked:
+        # A threshold picked in one mode holds in that mode: consumers follow the card's `inference`.
         card.threshold = report["threshold"]
+        card.inference = report["mode"]
     write_card(card, model)

@@ -71,6 +71,17 @@ def test_eval_of_onnx_writes_report_overlays_and_figure(exported, tiny_data, tmp
     card = load_card(model)
     assert card.threshold == report["threshold"]
     assert card.metrics["tiny:val@resize"]["tol2"]["f1"] == pytest.approx(report["metrics"]["tol2"]["f1"])
+    assert card.inference == "resize" and card.validated_sizes == [tuple(card.input_size)]
+
+    # Picked at the images' own size, the threshold belongs to that mode: the card says 'native' now,
+    # and the padded sizes it ran at join the validated ones.
+    assert main(["eval", "--model", str(model), "--data", str(tiny_data), "--split", "val", "--val-fraction", "0.34",
+                 "--mode", "native", "--pick-threshold", "--write-card", "--out", str(tmp_path / "vn")]) == 0
+    native = json.loads((tmp_path / "vn" / "report.json").read_text())
+    card = load_card(model)
+    assert card.inference == "native" and card.threshold == native["threshold"]
+    assert set(card.validated_sizes) == {tuple(card.input_size), *(tuple(s) for s in native["sizes"])}
+    assert all(h % 4 == 0 and w % 4 == 0 for h, w in native["sizes"])
 
     # On test, the card's (validation) threshold is used, and test may not pick one.
     test_out = tmp_path / "test"
