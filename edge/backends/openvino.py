@@ -94,6 +94,8 @@ class OpenVINOBackend(Backend):
             self.streams = max(1, min(self.streams, self.threads))  # a stream needs a thread of its own
         self.parallel = self.streams
         self._lock = threading.Lock()
+        self._first_lock = threading.Lock()
+        self._first_done = False
         self.cache_dir = self.options.get("cache_dir")
         self.cache_error = ""
         if self.cache_dir:
@@ -200,6 +202,17 @@ class OpenVINOBackend(Backend):
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Thread-safe: each concurrent call borrows one of the shape's ``streams`` requests."""
+        if not self._first_done:
+            # pybind11 sets up its NumPy bridge once per process, on the first array handed over; two
+            # threads arriving there together can deadlock (seen: both inference threads stuck for
+            # good in OpenVINO's data dispatcher). The first call goes alone.
+            with self._first_lock:
+                out = self._infer(batch)
+                self._first_done = True
+                return out
+        return self._infer(batch)
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
         pool = self._requests(tuple(int(d) for d in batch.shape))
         request = pool.get()  # more callers than streams wait here for a free one
         try:

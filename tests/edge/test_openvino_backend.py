@@ -357,3 +357,35 @@ def test_daemon_compiles_only_the_size_it_runs(student_onnx, edge_daemon, subscr
         assert d.wait(30) == 0, d.log()
         compiled = [ln.split("shape=")[1].split()[0] for ln in d.log().splitlines() if "event=compiled" in ln]
         assert compiled == want, d.log()
+
+
+RACE = """
+import os, sys, threading, numpy as np
+from edge.backends.base import create_backend
+from models.card import load_card
+b = create_backend("openvino", sys.argv[1], load_card(sys.argv[1]), precision="fp32", streams=2, warm_size=None)
+b.load()
+x = [np.zeros((1, 3, 64, 64), np.float32) for _ in range(2)]
+gate = threading.Barrier(2)
+def go(i):
+    gate.wait()
+    b.infer(x[i])
+ts = [threading.Thread(target=go, args=(i,), daemon=True) for i in range(2)]
+[t.start() for t in ts]
+[t.join(20) for t in ts]
+sys.stdout.flush()
+os._exit(1 if any(t.is_alive() for t in ts) else 0)  # a hung OpenVINO thread must not hold the exit
+"""
+
+
+@pytest.mark.timeout(170)
+def test_two_threads_on_a_fresh_backend_do_not_deadlock(student_onnx):
+    """Both inference threads' first calls at once, in fresh processes (the hang was once in ~5)."""
+    import os
+    import subprocess
+    import sys
+
+    for attempt in range(6):
+        proc = subprocess.run([sys.executable, "-c", RACE, str(student_onnx)], capture_output=True, text=True,
+                              timeout=60, cwd=Path(__file__).resolve().parents[2], env={**os.environ})
+        assert proc.returncode == 0, f"attempt {attempt}: a first infer() hung or failed\n{proc.stderr[-2000:]}"
