@@ -7,51 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-
-import zmq.asyncio
 
 from edge.recording import RecordingDiskFull, RecordingError, RecordingWriter
 from edge.wire import MASK_PREFIX, STATUS_PREFIX
 from viewer.config import ViewerConfig
-from viewer.subscriber import Subscriber
+from viewer.subscriber import SubscriberApp
 
 log = logging.getLogger(__name__)
 
 EXIT_IOERR = 74
 
 
-class RecordApp:
+class RecordApp(SubscriberApp):
     def __init__(self, cfg: ViewerConfig) -> None:
+        super().__init__()
         self.cfg = cfg
         self.rcfg = cfg.record
-        self.should_exit = False
-        self.exit_code = 0
         self.masks = 0
         self.statuses = 0
         self.other = 0
-
-    async def serve(self) -> int:
-        self.startup()
-        try:
-            await self.main_loop()
-        finally:
-            await self.shutdown()
-        return self.exit_code
 
     def startup(self) -> None:
         assert self.rcfg.out is not None
         self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
                                       int(self.rcfg.max_total_mb * 2**20))
-        self.ctx = zmq.asyncio.Context()
-        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm,
-                              curve=self.cfg.client_curve())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._stop)
         self.t0 = time.monotonic()
-        self.receiver = asyncio.ensure_future(self.sub.run(self.on_frames))
+        self.open_subscriber()
         log.info("event=record_started out=%s endpoints=%s", self.rcfg.out, ",".join(self.cfg.connect))
 
     async def main_loop(self) -> None:
@@ -73,20 +55,10 @@ class RecordApp:
                 self.should_exit = True
 
     async def shutdown(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        self.receiver.cancel()
-        # Its error, if any, was reported by main_loop; gather only waits for the task to end.
-        await asyncio.gather(self.receiver, return_exceptions=True)
+        await self.close_subscriber()
         self.writer.close()
-        self.sub.close()
-        self.ctx.term()
         log.info("event=record_summary out=%s messages=%d masks=%d statuses=%d other=%d bytes=%d",
                  self.rcfg.out, self.writer.records, self.masks, self.statuses, self.other, self.writer.bytes_written)
-
-    def _stop(self) -> None:
-        self.should_exit = True
 
     def on_frames(self, frames: list[bytes], t_wall: float) -> None:
         if self.should_exit:

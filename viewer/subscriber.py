@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections import Counter
 from typing import Any, Callable, Iterable
@@ -122,3 +123,64 @@ class Subscriber:
             pass
         self._monitor.close(0)
         self.sock.close()
+
+
+class SubscriberApp:
+    """The lifecycle that `watch` and `record` share: ``serve()`` = ``startup()``, ``main_loop()``,
+    ``shutdown()``; SIGINT/SIGTERM only set flags; one receiver task feeds ``on_frames``.
+
+    Subclasses open their own outputs in ``startup()`` around :meth:`open_subscriber`, close them in
+    ``shutdown()`` after :meth:`close_subscriber`, and implement ``main_loop()`` and ``on_frames()``.
+    """
+
+    cfg: Any
+
+    def __init__(self) -> None:
+        self.should_exit = False
+        self.force_exit = False
+        self.exit_code = 0
+
+    async def serve(self) -> int:
+        self.startup()
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+        return self.exit_code
+
+    def startup(self) -> None:
+        raise NotImplementedError
+
+    async def main_loop(self) -> None:
+        raise NotImplementedError
+
+    async def shutdown(self) -> None:
+        await self.close_subscriber()
+
+    def on_frames(self, frames: list[bytes], t_wall: float) -> None:
+        raise NotImplementedError
+
+    def on_signal(self) -> None:
+        if self.should_exit:
+            self.force_exit = True  # a second signal: do not wait for anything more
+        self.should_exit = True
+
+    def open_subscriber(self) -> None:
+        """The SUB socket on every endpoint, the signal flags, and the receiver task."""
+        self.ctx = zmq.asyncio.Context()
+        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm,
+                              curve=self.cfg.client_curve())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_signal)
+        self.receiver = asyncio.ensure_future(self.sub.run(self.on_frames))
+
+    async def close_subscriber(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        self.receiver.cancel()
+        # Its error, if any, was reported by main_loop; gather only waits for the task to end.
+        await asyncio.gather(self.receiver, return_exceptions=True)
+        self.sub.close()
+        self.ctx.term()

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
-
-import zmq.asyncio
 
 from viewer.config import ViewerConfig
 from viewer.headless import HeadlessSink
 from viewer.render import render_fleet
 from viewer.state import FleetState
-from viewer.subscriber import Decoder, Subscriber
+from viewer.subscriber import Decoder, SubscriberApp
 
 log = logging.getLogger(__name__)
 
@@ -26,30 +23,20 @@ STATS_EVERY_S = 10.0
 JPEG_SOI = b"\xff\xd8\xff"
 
 
-class WatchApp:
+class WatchApp(SubscriberApp):
     def __init__(self, cfg: ViewerConfig) -> None:
+        super().__init__()
         self.cfg = cfg
         self.wcfg = cfg.watch
         self.state = FleetState(cfg.stale_after_s)
         self.decoder = Decoder()
-        self.should_exit = False
-        self.force_exit = False
         self.paused = False
         self.rendered = 0
         self.masks = 0
-        self.exit_code = 0
         self._dirty = True
         self._last_img = None
         self._last_paint = 0.0
         self._first_vehicles: bool | None = None
-
-    async def serve(self) -> int:
-        self.startup()
-        try:
-            await self.main_loop()
-        finally:
-            await self.shutdown()
-        return self.exit_code
 
     # ------------------------------------------------------------ lifecycle
 
@@ -59,9 +46,6 @@ class WatchApp:
 
             check_display()  # before any socket: nothing to clean up when there is no screen
         self.t0 = time.monotonic()
-        self.ctx = zmq.asyncio.Context()
-        self.sub = Subscriber(self.ctx, self.cfg.connect, self.cfg.subscribe, self.cfg.rcvhwm,
-                              curve=self.cfg.client_curve())
         if self.wcfg.headless:
             assert self.wcfg.out is not None
             self.sink: HeadlessSink | None = HeadlessSink(self.wcfg.out, self.wcfg.format, self.wcfg.mp4_fps)
@@ -71,10 +55,7 @@ class WatchApp:
 
             self.sink = None
             self.window = Window(self.wcfg.title)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal)
-        self.receiver = asyncio.ensure_future(self.sub.run(self.on_frames))
+        self.open_subscriber()
         log.info("event=watch_started endpoints=%s mode=%s", ",".join(self.cfg.connect),
                  "headless" if self.sink else "window")
 
@@ -102,24 +83,12 @@ class WatchApp:
                 self._log_stats()
 
     async def shutdown(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        self.receiver.cancel()
-        # Its error, if any, was reported by main_loop; gather only waits for the task to end.
-        await asyncio.gather(self.receiver, return_exceptions=True)
+        await self.close_subscriber()
         if self.sink is not None:
             self.sink.close()
         if self.window is not None:
             self.window.close()
-        self.sub.close()
-        self.ctx.term()
         self._log_stats(final=True)
-
-    def _on_signal(self) -> None:
-        if self.should_exit:
-            self.force_exit = True
-        self.should_exit = True
 
     # ------------------------------------------------------------ work
 
