@@ -227,6 +227,7 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
     h, w = images[0].shape[:2] if size == "native" else size
     return {
         "backend": backend.name, "precision": info.get("precision") or card.precision,
+        "model_precision": card.precision,
         "threads": cfg.backend.threads, "parallel": int(getattr(backend, "parallel", 1) or 1),
         "model": str(path), "source": cfg.source.uri, "size": f"{h}x{w}",
         "frames": sum(r["n"] for r in bare_runs), "rounds": rounds, "bare": bare, "pipeline": pipe,
@@ -247,32 +248,25 @@ def machine() -> dict[str, Any]:
 
 def default_choice(cfg: EdgeConfig) -> tuple[str, str] | None:
     """(backend, model file name) the daemon runs with this config's backend and precision."""
-    from edge.backends.base import available_backends
+    from edge.backends.base import BackendError, resolve_name
     from edge.daemon import StartupError, choose_model_file, model_and_card
 
-    name = cfg.backend.name
-    if name == "auto":
-        present = available_backends()
-        if not present:
-            return None
-        name = present[0]
     try:
+        name = resolve_name(cfg.backend.name)
         path, card = choose_model_file(name, cfg, *model_and_card(cfg))
-    except StartupError:
+    except (BackendError, StartupError):
         return None
     return name, Path(path).name
 
 
 def mark_default(results: list[dict[str, Any]], choice: tuple[str, str] | None) -> None:
     """Flag the row the daemon's own choice produced (its file at its card's precision)."""
-    from models.card import load_card
-
     for r in results:
         r["default"] = False
     if choice is None:
         return
     for r in results:
-        if (r["backend"], Path(r["model"]).name) == choice and r["precision"] == load_card(r["model"], verify=False).precision:
+        if (r["backend"], Path(r["model"]).name) == choice and r["precision"] == r["model_precision"]:
             r["default"] = True
             return
 

@@ -60,11 +60,12 @@ def build_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
 
 
 def load_backend(name: str, cfg: EdgeConfig, path: Path, card: Any) -> Any:
-    from edge.backends.base import BackendError, available_backends, create_backend
+    from edge.backends.base import BackendError, create_backend, resolve_name
 
-    if name == "auto":
-        present = available_backends()
-        name = present[0] if present else name  # none at all: create_backend says so
+    try:
+        name = resolve_name(name)
+    except BackendError as e:
+        raise StartupError(f"backend.name={name}: {e}", EXIT_CONFIG) from None
     path, card = choose_model_file(name, cfg, path, card)
     size = inference_size(cfg, card)
     options = {**cfg.backend.runtime_options(), "warm_size": None if size == "native" else size}

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from typing import Any, Callable, Iterable
 
@@ -125,7 +126,7 @@ class Subscriber:
         self.sock.close()
 
 
-class SubscriberApp:
+class SubscriberApp(ABC):
     """The lifecycle that `watch` and `record` share: ``serve()`` = ``startup()``, ``main_loop()``,
     ``shutdown()``; SIGINT/SIGTERM only set flags; one receiver task feeds ``on_frames``.
 
@@ -148,17 +149,20 @@ class SubscriberApp:
             await self.shutdown()
         return self.exit_code
 
+    @abstractmethod
     def startup(self) -> None:
-        raise NotImplementedError
+        """Open the outputs and call :meth:`open_subscriber`."""
 
+    @abstractmethod
     async def main_loop(self) -> None:
-        raise NotImplementedError
+        """The periodic tick, until ``should_exit``."""
 
     async def shutdown(self) -> None:
         await self.close_subscriber()
 
+    @abstractmethod
     def on_frames(self, frames: list[bytes], t_wall: float) -> None:
-        raise NotImplementedError
+        """One message as received (the receiver task calls it)."""
 
     def on_signal(self) -> None:
         if self.should_exit:

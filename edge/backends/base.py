@@ -95,13 +95,19 @@ def available_backends() -> list[str]:
     return out
 
 
+def resolve_name(name: str) -> str:
+    """``auto`` -> the first available of AUTO_ORDER (BackendUnavailable when none); others unchanged."""
+    if name != "auto":
+        return name
+    present = available_backends()
+    if not present:
+        raise BackendUnavailable("no inference runtime is installed (pip install 'crack-inspect[edge]')")
+    return present[0]
+
+
 def create_backend(name: str, model_path: str | Path, card: ModelCard, **options: Any) -> Backend:
     """Build (not yet load) the named backend; ``auto`` takes the first available of AUTO_ORDER."""
-    if name == "auto":
-        present = available_backends()
-        if not present:
-            raise BackendUnavailable("no inference runtime is installed (pip install 'crack-inspect[edge]')")
-        name = present[0]
+    name = resolve_name(name)
     cls = backend_class(name)
     if not cls.available():
         raise BackendUnavailable(f"backend {name!r} is not installed on this machine")

@@ -8,8 +8,9 @@ restart imports them instead of compiling again.
 With ``streams`` > 1 the model is compiled for throughput: each stream owns a share of the
 cores and its own infer request, and that many ``infer`` calls run at once (the pipeline
 gives the backend as many inference threads).  On two cores two single-threaded streams
-run a small convnet ~10 % faster than one two-threaded request, because neither waits at
-the other's layer barriers and a core lent to pre/post-processing stalls only one frame.
+put 2-3 % more frames through the daemon's pipeline than one two-threaded request (neither
+waits at the other's layer barriers, and a core lent to pre/post-processing stalls only one
+frame), at twice the time per frame (docs/cpu-inference.md).
 """
 from __future__ import annotations
 
