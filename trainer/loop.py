@@ -38,6 +38,44 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM: the epoch in progress is dropped, the last checkpoint stands."""
 
 
+class StopOnSignal:
+    """SIGTERM and Ctrl-C ask the loop to stop at its next safe point; a second one stops at once.
+
+    The handler only records the signal: an exception raised from a handler lands wherever the
+    main thread happens to be, and inside ``import matplotlib`` (the first plot) CPython turns
+    it into "ImportError: initialization failed", so a kill exited 1 instead of 130.  Safe points
+    are every training step and the end of each epoch's bookkeeping, so a stop still loses at
+    most the epoch in progress and comes within one step.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopOnSignal":
+        if _main_thread():  # signal handlers can only be set there; elsewhere the caller stops us
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        if self.reason is not None:  # asked twice: the user means now
+            raise Interrupted(f"{name} (second)")
+        self.reason = name
+        log.warning("event=stopping signal=%s at='next training step or end of epoch'", name)
+
+    def check(self) -> None:
+        if self.reason is not None:
+            raise Interrupted(self.reason)
+
+
 def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -219,56 +257,52 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
         {"settings": json.loads(cfg.model_dump_json()), "meta": meta, "device": device,
          "torch": torch.__version__, "argv": sys.argv}, indent=2) + "\n")
 
-    def on_term(signum, frame):  # a kill is handled like Ctrl-C: stop at once, keep the last checkpoint
-        raise Interrupted(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     stopped_early = False
     log.info("event=start run_dir=%s device=%s arch=%s params=%d epochs=%d samples_per_epoch=%d batch=%d lr=%g amp=%s",
              run_dir, device, meta.get("arch"), sum(p.numel() for p in net.parameters()), cfg.epochs,
              len(train_set), cfg.batch_size, cfg.learning_rate, use_amp)
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.monotonic()
-            train_set.set_epoch(epoch)
-            terms = _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch)
-            val = validate(net)
-            scheduler.step(val["val_f1_tol"])
-            row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
-                   **{f"train_{k}": v for k, v in terms.items()}, **val,
-                   "seconds": round(time.monotonic() - t0, 1)}
-            history.append(row)
-            improved = val["val_f1_tol"] > best
-            if improved:
-                best, best_epoch, since_best = val["val_f1_tol"], epoch, 0
-            else:
-                since_best += 1
-            state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
-                                                         "settings": json.loads(cfg.model_dump_json())}}
-            if improved:
-                _atomic_save(state, best_path)
-            _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                          "since_best": since_best, "history": history, "torch_rng": torch.get_rng_state()},
-                         last_path)
-            write_csv(run_dir / "log.csv", history)
-            plot_curves(run_dir / "curves.png", history)
-            log.info("event=epoch epoch=%d train_loss=%.4f val_f1_tol=%.4f val_f1=%.4f val_iou=%.4f "
-                     "val_threshold=%.2f lr=%.2g seconds=%.0f best_epoch=%d",
-                     epoch, row["train_loss"], val["val_f1_tol"], val["val_f1"], val["val_iou"],
-                     val["val_threshold"], row["lr"], row["seconds"], best_epoch)
-            if since_best >= cfg.early_stop:
-                stopped_early = True
-                log.info("event=early_stop epoch=%d epochs_without_improvement=%d", epoch, since_best)
-                break
+        with StopOnSignal() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                t0 = time.monotonic()
+                train_set.set_epoch(epoch)
+                terms = _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
+                                     stop.check)
+                val = validate(net)
+                scheduler.step(val["val_f1_tol"])
+                row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
+                       **{f"train_{k}": v for k, v in terms.items()}, **val,
+                       "seconds": round(time.monotonic() - t0, 1)}
+                history.append(row)
+                improved = val["val_f1_tol"] > best
+                if improved:
+                    best, best_epoch, since_best = val["val_f1_tol"], epoch, 0
+                else:
+                    since_best += 1
+                state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
+                                                             "settings": json.loads(cfg.model_dump_json())}}
+                if improved:
+                    _atomic_save(state, best_path)
+                _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                              "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
+                              "since_best": since_best, "history": history, "torch_rng": torch.get_rng_state()},
+                             last_path)
+                write_csv(run_dir / "log.csv", history)
+                plot_curves(run_dir / "curves.png", history)
+                log.info("event=epoch epoch=%d train_loss=%.4f val_f1_tol=%.4f val_f1=%.4f val_iou=%.4f "
+                         "val_threshold=%.2f lr=%.2g seconds=%.0f best_epoch=%d",
+                         epoch, row["train_loss"], val["val_f1_tol"], val["val_f1"], val["val_iou"],
+                         val["val_threshold"], row["lr"], row["seconds"], best_epoch)
+                if since_best >= cfg.early_stop:
+                    stopped_early = True
+                    log.info("event=early_stop epoch=%d epochs_without_improvement=%d", epoch, since_best)
+                    break
+                stop.check()  # the epoch is saved: a stop asked during it loses nothing
     except (KeyboardInterrupt, Interrupted) as e:
         done = history[-1]["epoch"] if history else -1
         log.warning("event=interrupted reason=%s last_complete_epoch=%d resume='same command with --resume'",
                     type(e).__name__ if isinstance(e, KeyboardInterrupt) else e, done)
         raise Interrupted(str(e)) from None
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return RunResult(run_dir, best_epoch, best, len(history), stopped_early)
 
 
@@ -278,7 +312,8 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch) -> dict[str, float]:
+def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
+                 check_stop: Callable[[], None] = lambda: None) -> dict[str, float]:
     loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
                                          num_workers=cfg.workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
@@ -288,6 +323,7 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
     sums: dict[str, float] = {}
     bar = Progress(len(loader), f"epoch={epoch}")
     for step, batch in enumerate(loader, 1):
+        check_stop()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if device.startswith("cuda"):
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)

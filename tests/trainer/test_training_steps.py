@@ -97,6 +97,32 @@ def test_sigterm_loses_at_most_one_epoch_and_resume_continues(tiny_data, tmp_pat
     assert [int(r["epoch"]) for r in read_csv(run / "log.csv")] == list(range(done + 2))
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_asked_mid_epoch_keeps_that_epoch(tiny_data, tmp_path, train_argv, monkeypatch, signum):
+    """The signal lands inside validation (CI once caught it inside ``import matplotlib``): the
+    handler must not raise there, the epoch is finished and saved, then the run stops with 130."""
+    import os
+
+    import trainer.teacher
+
+    finished = []
+
+    class SignalledValidator(trainer.teacher.Validator):
+        def __call__(self, net):
+            os.kill(os.getpid(), signum)
+            result = super().__call__(net)
+            finished.append(True)
+            return result
+
+    monkeypatch.setattr(trainer.teacher, "Validator", SignalledValidator)
+    run = tmp_path / "stopped"
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "5")]) == 130
+    assert finished == [True]
+    assert torch.load(run / "last.pt", weights_only=False)["epoch"] == 0
+    assert [r["epoch"] for r in read_csv(run / "log.csv")] == ["0"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handlers given back
+
+
 def test_bad_settings_exit_78_and_toml_env_flag_precedence(tiny_data, tmp_path, monkeypatch, train_argv):
     from trainer.config import load_settings
 
