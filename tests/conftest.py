@@ -16,11 +16,9 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import pytest
 import zmq
 
@@ -33,21 +31,11 @@ MODEL_SIZE = 64
 @pytest.fixture(scope="session")
 def student_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models.create_model('student') with random weights as ONNX + card (input_size 64x64)."""
-    torch = pytest.importorskip("torch", reason="torch is needed to export the test model")
-    from models import create_model
-    from models.card import ModelCard, sha256_file, write_card
-    from models.mcff import DeployHead
+    pytest.importorskip("torch", reason="torch is needed to export the test model")
+    from trainer.export import export_untrained
 
-    torch.manual_seed(0)
-    head = DeployHead(create_model("student")).eval()
-    path = tmp_path_factory.mktemp("model") / "student.onnx"
-    with warnings.catch_warnings():  # the tracer's notes about InstanceNorm are expected
-        warnings.simplefilter("ignore")
-        torch.onnx.export(head, (torch.zeros(1, 3, MODEL_SIZE, MODEL_SIZE),), str(path), input_names=["image"],
-                          output_names=["crack_prob"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "crack_prob": {0: "N", 2: "H", 3: "W"}})
-    write_card(ModelCard(name="student", input_size=(MODEL_SIZE, MODEL_SIZE), sha256=sha256_file(path)), path)
-    return path
+    return export_untrained(tmp_path_factory.mktemp("model") / "student.onnx", input_size=(MODEL_SIZE, MODEL_SIZE),
+                            name="student")
 
 
 def free_port() -> int:
@@ -105,6 +93,7 @@ class Subscriber:
 
 @pytest.fixture
 def zmq_ctx() -> Iterator[zmq.Context]:
+    """A context whose sockets are all closed at teardown (linger 0: nothing can hang)."""
     ctx = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)

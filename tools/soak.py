@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,23 +38,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def export_random_student(path: Path, size: int = 64) -> Path:
-    """The registered student with random weights, as ONNX + card (what the tests use)."""
-    import torch
-
-    from models import create_model
-    from models.card import ModelCard, sha256_file, write_card
-    from models.mcff import DeployHead
-
-    torch.manual_seed(0)
-    head = DeployHead(create_model("student")).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(head, (torch.zeros(1, 3, size, size),), str(path), input_names=["image"],
-                          output_names=["crack_prob"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "crack_prob": {0: "N", 2: "H", 3: "W"}})
-    write_card(ModelCard(name="student-random", input_size=(size, size), sha256=sha256_file(path)), path)
-    return path
 
 
 def proc_figures(pid: int) -> tuple[float, int, int]:
@@ -223,7 +205,9 @@ def run(args: argparse.Namespace) -> int:
         if args.model:
             print(f"soak: --model {model}: no such file", file=sys.stderr)
             return 2
-        model = export_random_student(out / "student-random.onnx")
+        from trainer.export import export_untrained
+
+        model = export_untrained(out / "student-random.onnx")
         print(f"soak: models/mcff-student.onnx absent; random-weight student exported to {model}")
     cam_port, pub_port = free_port(), free_port()
     endpoint = f"tcp://127.0.0.1:{pub_port}"

@@ -45,6 +45,44 @@ def parity(head, onnx_path: Path, shapes: list[tuple[int, int, int, int]], seed:
     return worst
 
 
+def write_onnx(head, out: str | Path) -> Path:
+    """Trace a ``DeployHead`` to ``out`` in the model contract (names, dynamic N/H/W, opset); no card."""
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dyn = {0: "N", 2: "H", 3: "W"}
+    with warnings.catch_warnings():
+        # Expected and harmless: the H/W divisibility check is traced as a constant, and instance
+        # norm always uses the input's statistics (which is what train=True means to the exporter).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*instance_norm.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter is what we ship
+        torch.onnx.export(head, torch.zeros(1, 3, 64, 64), str(out), opset_version=OPSET, input_names=["image"],
+                          output_names=["crack_prob"], dynamic_axes={"image": dyn, "crack_prob": dyn}, dynamo=False)
+    return out
+
+
+def export_untrained(path: str | Path, arch: str = "student", input_size: tuple[int, int] = (64, 64),
+                     threshold: float = 0.5, name: str | None = None, seed: int = 0) -> Path:
+    """A registered variant with seeded random weights, as ONNX + a minimal card.
+
+    For what measures speed or plumbing (tests, the soak, recordings of the daemon), never accuracy:
+    the card has no training section, so nothing mistakes it for a released model.
+    """
+    import torch
+
+    from models import create_model
+    from models.card import ModelCard, sha256_file, write_card
+    from models.mcff import DeployHead
+
+    torch.manual_seed(seed)
+    path = write_onnx(DeployHead(create_model(arch)).eval(), path)
+    write_card(ModelCard(name=name or f"{arch}-random", input_size=input_size, threshold=threshold,
+                         sha256=sha256_file(path)), path)
+    return path
+
+
 def export(checkpoint: str | Path, out: str | Path, threshold: float | None = None, name: str | None = None,
            parity_size: tuple[int, int] | None = None, input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``out`` (.onnx) and its card; returns the card as a dict (with ``parity_max_abs_diff``).
@@ -52,7 +90,6 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
     ``input_size`` is the size the card tells runtimes to resize frames to (default: the variant's).
     """
     import onnx
-    import torch
 
     from models import variant_defaults
     from models.card import ModelCard, sha256_file, write_card
@@ -69,15 +106,7 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
     size = tuple(input_size or defaults.input_size)
     if size[0] % 4 or size[1] % 4:
         raise ExportError(f"input size {size[0]}x{size[1]} is not a multiple of 4")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dyn = {0: "N", 2: "H", 3: "W"}
-    with warnings.catch_warnings():
-        # Expected and harmless: the H/W divisibility check is traced as a constant, and instance
-        # norm always uses the input's statistics (which is what train=True means to the exporter).
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=".*instance_norm.*")
-        torch.onnx.export(head, torch.zeros(1, 3, 64, 64), str(out), opset_version=OPSET, input_names=["image"],
-                          output_names=["crack_prob"], dynamic_axes={"image": dyn, "crack_prob": dyn}, dynamo=False)
+    write_onnx(head, out)
     if threshold is None:
         threshold = float(meta.get("val", {}).get("val_threshold", 0.5))
         threshold_source = "picked on validation during training"

@@ -40,14 +40,13 @@ def keys(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def server_ctx() -> Iterator[zmq.Context]:
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
+def server_ctx(zmq_ctx: zmq.Context) -> zmq.Context:
+    return zmq_ctx
 
 
 @pytest.fixture
 def client_ctx() -> Iterator[zmq.Context]:
+    """A context of its own, as a viewer on another machine has: no ZAP handler of the server's."""
     ctx = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)

@@ -11,7 +11,6 @@ import select
 import shutil
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -29,31 +28,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 @pytest.fixture
-def zctx() -> Iterator[zmq.Context]:
-    """A context whose sockets are all closed at teardown (linger 0: nothing can hang)."""
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
 def messages() -> Callable[..., Messages]:
     return Messages
 
 
 @pytest.fixture
-def pub(zctx: zmq.Context) -> Iterator[Publisher]:
-    p = Publisher(zctx)
+def pub(zmq_ctx: zmq.Context) -> Iterator[Publisher]:
+    p = Publisher(zmq_ctx)
     yield p
     p.close()
 
 
 @pytest.fixture
-def make_pub(zctx: zmq.Context) -> Iterator[Callable[..., Publisher]]:
+def make_pub(zmq_ctx: zmq.Context) -> Iterator[Callable[..., Publisher]]:
     made: list[Publisher] = []
 
     def make(ep: str | None = None) -> Publisher:
-        made.append(Publisher(zctx, ep))
+        made.append(Publisher(zmq_ctx, ep))
         return made[-1]
 
     yield make

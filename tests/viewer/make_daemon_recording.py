@@ -14,30 +14,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def export_random_student(folder: Path, size: tuple[int, int] = (64, 96), threshold: float = 0.74) -> Path:
-    import torch
+    from trainer.export import export_untrained
 
-    from models import create_model
-    from models.card import ModelCard, sha256_file, write_card
-    from models.mcff import DeployHead
-
-    torch.manual_seed(0)
-    head = DeployHead(create_model("student")).eval()
-    path = folder / "student-random.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(head, (torch.zeros(1, 3, *size),), str(path), input_names=["image"],
-                          output_names=["crack_prob"], opset_version=17, dynamo=False,
-                          dynamic_axes={"image": {0: "N", 2: "H", 3: "W"}, "crack_prob": {0: "N", 2: "H", 3: "W"}})
     # Random weights put most probabilities near 0.6: a high threshold keeps the mask sparse, like cracks.
-    write_card(ModelCard(name="student-random", input_size=size, threshold=threshold, sha256=sha256_file(path)), path)
-    return path
+    return export_untrained(folder / "student-random.onnx", input_size=size, threshold=threshold)
 
 
 def main() -> int:

@@ -6,15 +6,15 @@ import zmq
 from viewer_testkit import Messages, endpoint, recv_bounded
 
 
-def test_relay_forwards_many_daemons_to_many_viewers(cli, make_pub, zctx) -> None:
+def test_relay_forwards_many_daemons_to_many_viewers(cli, make_pub, zmq_ctx) -> None:
     pubs = [make_pub(), make_pub()]
     relay_ep = endpoint()
     relay = cli("relay", *[a for p in pubs for a in ("--connect", p.endpoint)], "--bind", relay_ep)
     relay.wait_for(r"event=relay_started")
-    everything = zctx.socket(zmq.SUB)
+    everything = zmq_ctx.socket(zmq.SUB)
     everything.setsockopt(zmq.SUBSCRIBE, b"")
     everything.connect(relay_ep)
-    only_one = zctx.socket(zmq.SUB)
+    only_one = zmq_ctx.socket(zmq.SUB)
     only_one.setsockopt(zmq.SUBSCRIBE, b"mask/veh-1")
     only_one.connect(relay_ep)
     # Both subscriptions travel upstream through the proxy to each daemon.

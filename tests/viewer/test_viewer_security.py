@@ -110,7 +110,7 @@ def test_watch_headless_with_keys(cli, keys: Path, pubs, tmp_path: Path) -> None
     assert len(list((tmp_path / "png").rglob("*.png"))) >= 3
 
 
-def test_relay_secured_on_both_sides(cli, keys: Path, pubs, zctx: zmq.Context) -> None:
+def test_relay_secured_on_both_sides(cli, keys: Path, pubs, zmq_ctx: zmq.Context) -> None:
     d1 = SecurePub(keys / "v1", keys / "a1")
     d2 = SecurePub(keys / "v2", keys / "a2")
     pubs.extend([d1, d2])
@@ -122,7 +122,7 @@ def test_relay_secured_on_both_sides(cli, keys: Path, pubs, zctx: zmq.Context) -
     relay_public = keys / "v1" / "viewers" / "relay.key"
 
     def sub(name: str | None) -> zmq.Socket:
-        s = zctx.socket(zmq.SUB)
+        s = zmq_ctx.socket(zmq.SUB)
         s.linger = 0
         s.setsockopt(zmq.SUBSCRIBE, b"")
         if name:
