@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -81,7 +82,9 @@ def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature
                 "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
                 "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
     path = out_dir / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp = path.with_name(path.name + ".tmp")  # the manifest is what marks the set complete: never half-written
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
     return path
 
 
