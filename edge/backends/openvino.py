@@ -14,6 +14,7 @@ frame), at twice the time per frame (docs/cpu-inference.md).
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -35,6 +36,23 @@ PRECISIONS = ("fp32", "bf16", "int8")
 _DEFAULT_FOR_CARD = {"fp32": "fp32", "fp16": "fp32", "int8": "int8"}
 # A camera has one size and `bench` a few; more than this is a caller feeding random sizes.
 MAX_COMPILED_SHAPES = 8
+
+
+@functools.lru_cache(maxsize=1)
+def shared_core() -> Any:
+    """The process's one ``ov.Core``, alive until exit.
+
+    Why not one per backend: each Core's CPU plugin installs an alternate signal stack on the
+    thread that creates it and, when freed, restores the one it found. Two Cores freed in the
+    order they were made (the old backend dropped after the new one loaded, or ``bench`` going
+    through its rows) leave that thread on unmapped memory, and the next SIGTERM kills the
+    process with SIGSEGV instead of a clean stop (OpenVINO 2026.4; reproduced by
+    test_a_signal_after_backends_are_replaced_is_handled). Per-backend settings such as the
+    cache directory go with each compile_model call instead.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 def cpu_capabilities(core: Any) -> list[str]:
@@ -78,16 +96,14 @@ class OpenVINOBackend(Backend):
     @classmethod
     def precisions_here(cls) -> list[str]:
         """The precisions this CPU runs natively (int8 needs a QDQ model as well)."""
-        import openvino as ov
-
-        caps = cpu_capabilities(ov.Core())
+        caps = cpu_capabilities(shared_core())
         return [p for p in PRECISIONS if p == "fp32" or p.upper() in caps]
 
     def load(self) -> None:
         import openvino as ov
 
         self._ov = ov
-        self.core = ov.Core()
+        self.core = shared_core()
         self.device = str(self.options.get("device") or "CPU")
         self.threads = int(self.options.get("threads") or 0)
         self.streams = int(self.options.get("streams") or 0) or auto_streams()
@@ -107,9 +123,6 @@ class OpenVINOBackend(Backend):
                 self.cache_error = f"cache_dir {self.cache_dir}: {e.strerror}"
                 log.warning("event=cache_disabled backend=openvino reason=%r", self.cache_error)
                 self.cache_dir = None
-        if self.cache_dir:
-            # A core-wide property: every compile_model below reads or fills the cache.
-            self.core.set_property({"CACHE_DIR": str(self.cache_dir)})
         try:
             self.model = self.core.read_model(str(self.model_path))
         except RuntimeError as e:
@@ -163,6 +176,8 @@ class OpenVINOBackend(Backend):
             config["PERFORMANCE_HINT"] = "LATENCY"
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = self.threads
+        if self.cache_dir:  # per compile, not core-wide: the Core is shared by every backend
+            config["CACHE_DIR"] = str(self.cache_dir)
         return config
 
     def _requests(self, shape: tuple[int, ...]) -> queue.SimpleQueue:

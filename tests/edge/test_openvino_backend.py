@@ -128,15 +128,13 @@ def test_compile_cache_is_written_then_reused(student_onnx, frames, tmp_path):
 
 
 def test_bf16_runs_or_falls_back_with_reason(student_onnx, frames):
-    import openvino as ov
-
-    from edge.backends.openvino import cpu_capabilities
+    from edge.backends.openvino import cpu_capabilities, shared_core
 
     backend = create_backend("openvino", student_onnx, load_card(student_onnx), precision="bf16", threads=1)
     backend.load()
     out = backend.infer(frames[0])
     info = backend.describe()
-    if "BF16" in cpu_capabilities(ov.Core()):
+    if "BF16" in cpu_capabilities(shared_core()):
         assert info["precision"] == "bf16" and "fallback_reason" not in info
         ref = _run("onnxruntime", student_onnx, frames[:1], threads=1)[0]
         assert np.abs(out - ref).max() < 0.05  # bf16 keeps about 3 significant digits
@@ -389,3 +387,39 @@ def test_two_threads_on_a_fresh_backend_do_not_deadlock(student_onnx):
         proc = subprocess.run([sys.executable, "-c", RACE, str(student_onnx)], capture_output=True, text=True,
                               timeout=60, cwd=Path(__file__).resolve().parents[2], env={**os.environ})
         assert proc.returncode == 0, f"attempt {attempt}: a first infer() hung or failed\n{proc.stderr[-2000:]}"
+
+
+# Two backends whose lifetimes overlap, freed oldest first (a daemon that loads the new model before
+# it drops the old one), then a signal on the main thread. Each ov.Core's CPU plugin engine pushes
+# an alternate signal stack and restores the one it found when freed: freed out of order, the
+# thread was left pointing at unmapped memory and the next SIGTERM killed the process with SIGSEGV.
+OVERLAP = """
+import os, signal, sys, time
+import numpy as np
+from pathlib import Path
+from edge.backends.base import create_backend
+from models.card import load_card
+
+path = Path(sys.argv[1])
+x = np.zeros((1, 3, 64, 64), np.float32)
+old = create_backend("openvino", path, load_card(path), precision="fp32", threads=1)
+old.load(); old.infer(x)
+new = create_backend("openvino", path, load_card(path), precision="fp32", threads=1)
+new.load(); new.infer(x)
+old.close(); del old
+new.close(); del new
+got = []
+signal.signal(signal.SIGTERM, lambda *a: got.append(1))
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.1)
+print("handled", len(got))
+"""
+
+
+def test_a_signal_after_backends_are_replaced_is_handled(student_onnx):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", OVERLAP, str(student_onnx)], capture_output=True, text=True,
+                          timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0 and "handled 1" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
