@@ -26,11 +26,8 @@ install: $(VENV)/.all
 demo: $(VENV)/.demo
 	$(PY) tools/demo.py
 
-# Two processes: torch, OpenVINO, ONNX Runtime and OpenCV all loaded into one long-lived pytest
-# process segfaulted (in native code, no Python traceback) after ~170 tests; each half alone is clean.
 test: $(VENV)/.all
-	$(PY) -m pytest tests/edge tests/viewer tests/faults
-	$(PY) -m pytest tests/trainer
+	$(PY) -m pytest tests
 
 bench: $(VENV)/.all
 	$(VENV)/bin/crack-edge bench --all
