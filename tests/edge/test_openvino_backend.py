@@ -217,12 +217,13 @@ def _free_endpoint() -> str:
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _daemon_masks(edge_daemon, subscriber, model: Path, backend: str, precision: str, n: int) -> list:
+def _daemon_masks(edge_daemon, subscriber, model: Path, backend: str, precision: str, n: int,
+                  size: str = "64x64") -> list:
     """The first ``n`` masks of the real daemon on the demo clip, every frame, in order."""
     endpoint = _free_endpoint()
     sub = subscriber(endpoint)
     d = edge_daemon("--model", str(model), "--backend", backend, "--precision", precision, "--threads", "1",
-                    "--publish", endpoint, "--inference-size", "64x64", "--vehicle-id", "van-9",
+                    "--publish", endpoint, "--inference-size", size, "--vehicle-id", "van-9",
                     "--source", str(DEMO_CLIP), "--no-loop", "--mode", "every", "--max-frames", str(n),
                     "--wait-subscriber", "15", "--no-frame")
     masks = sub.collect(n, timeout=60)
@@ -423,3 +424,42 @@ def test_a_signal_after_backends_are_replaced_is_handled(student_onnx):
     proc = subprocess.run([sys.executable, "-c", OVERLAP, str(student_onnx)], capture_output=True, text=True,
                           timeout=60, cwd=Path(__file__).resolve().parents[2])
     assert proc.returncode == 0 and "handled 1" in proc.stdout, (proc.returncode, proc.stderr[-2000:])
+
+
+def test_released_int8_model_is_the_guarded_quantisation_of_the_released_fp32_one():
+    """A release that retrains the fp32 student must remake its INT8 sibling (tools/gpu_session.md)."""
+    from models import DEFAULT_MODEL
+    from models.card import quantized_variant
+
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"released model {DEFAULT_MODEL} absent")
+    card = load_card(DEFAULT_MODEL)  # verify=True: the file's sha256 is its card's
+    path, qcard = quantized_variant(DEFAULT_MODEL, card)
+    assert path.name == f"{DEFAULT_MODEL.stem}-int8.onnx"
+    guard = qcard.quantization["guard"]
+    assert guard["f1_fp32"] - guard["f1_int8"] <= guard["max_drop"]
+    assert qcard.threshold == card.threshold and qcard.inference == card.inference
+
+
+@pytest.mark.timeout(200)
+def test_released_models_give_the_same_cracks_in_every_runtime(edge_daemon, subscriber):
+    """The released fp32 student on the demo clip at its native size: OpenVINO agrees with ONNX
+    Runtime (IoU >= 0.98 per frame), and the INT8 sibling stays close (bound from measurement)."""
+    from models import DEFAULT_MODEL
+
+    if not DEFAULT_MODEL.exists() or not DEFAULT_MODEL.with_name(f"{DEFAULT_MODEL.stem}-int8.onnx").exists():
+        pytest.skip("released fp32 + INT8 pair absent")
+    if not DEMO_CLIP.exists():
+        pytest.skip(f"demo clip {DEMO_CLIP} is not there")
+    n = 3
+    int8 = DEFAULT_MODEL.with_name(f"{DEFAULT_MODEL.stem}-int8.onnx")
+    ref = _daemon_masks(edge_daemon, subscriber, DEFAULT_MODEL, "onnxruntime", "fp32", n, size="native")
+    assert all(0.001 < np.count_nonzero(m.mask) / m.mask.size < 0.5 for m in ref), "no cracks found: proves nothing"
+    ov32 = _daemon_masks(edge_daemon, subscriber, DEFAULT_MODEL, "openvino", "fp32", n, size="native")
+    ov8 = _daemon_masks(edge_daemon, subscriber, int8, "openvino", "int8", n, size="native")
+    fp32_ious = [_iou(r.mask > 0, o.mask > 0) for r, o in zip(ref, ov32)]
+    int8_ious = [_iou(r.mask > 0, o.mask > 0) for r, o in zip(ref, ov8)]
+    print("released, IoU with onnxruntime fp32 per frame: openvino fp32", [round(float(i), 3) for i in fp32_ious],
+          "openvino int8", [round(float(i), 3) for i in int8_ious])
+    assert min(fp32_ious) >= 0.98, fp32_ious
+    assert min(int8_ious) >= 0.85, int8_ious
