@@ -151,22 +151,24 @@ def bench_pipeline(cfg: EdgeConfig, backend: Any, card: Any, size: Any, images: 
     pipe.subscribed.wait(5.0)
     cap.start()
     t_first = t_last = None
-    while not pipe.done.is_set():
-        n = pipe.counters.published
-        if t_first is None and n >= warmup:
-            t_first, n_first = time.perf_counter(), n
-        if pipe.failure is not None:
-            raise RuntimeError(f"pipeline failed: {pipe.failure}")
-        time.sleep(0.002)
-    t_last = time.perf_counter()
-    cap.stop_event.set()
-    pipe.stop(2.0)
-    cap.join(2.0)
-    stop.set()
-    drainer.join(1.0)
-    sub.close(0)
-    pub.close(0)
-    ctx.term()
+    try:
+        while not pipe.done.is_set():
+            n = pipe.counters.published
+            if t_first is None and n >= warmup:
+                t_first, n_first = time.perf_counter(), n
+            if pipe.failure is not None:
+                raise RuntimeError(f"pipeline failed: {pipe.failure}")
+            time.sleep(0.002)
+        t_last = time.perf_counter()
+    finally:  # Ctrl-C included: the threads and sockets go before the caller prints what it has
+        cap.stop_event.set()
+        pipe.stop(2.0)
+        cap.join(2.0)
+        stop.set()
+        drainer.join(1.0)
+        sub.close(0)
+        pub.close(0)
+        ctx.term()
     return {"n": total - n_first, "seconds": t_last - t_first, "lat": list(pipe.times.latency)[warmup:],
             "stages": {s: list(d)[warmup:] for s, d in pipe.times.ms.items()},
             "sizes": list(pipe.counters.mask_bytes), "received": received["masks"], "drops": pipe.drops}
@@ -352,19 +354,35 @@ def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = Fal
     # Without --all: the config as the daemon would run it (the INT8 sibling included, when chosen).
     configs = precision_pairs(cfg) if all_backends else [cfg]
     mach = machine()
-    results = []
-    for one in configs:
-        try:
-            results.append(run_one(one, frames, warmup, rounds))
-        except StartupError as e:
-            print(f"crack-edge bench: {e}", file=sys.stderr)
-            return e.code
-        except SourceError as e:
-            print(f"crack-edge bench: source.uri: {e}", file=sys.stderr)
-            return 66  # EX_NOINPUT
+    results: list[dict[str, Any]] = []
+    code = 0
+    i, what = 0, ""
+    try:
+        for i, one in enumerate(configs, 1):
+            what = f"{one.backend.name} {one.backend.precision or 'default'}"
+            # Progress on stderr (stdout is the table or the JSON): a row takes a minute on a small CPU.
+            print(f"bench {i}/{len(configs)}: {what} ...", file=sys.stderr, flush=True)
+            try:
+                row = run_one(one, frames, warmup, rounds)
+            except StartupError as e:
+                print(f"crack-edge bench: {e}", file=sys.stderr)
+                return e.code
+            except SourceError as e:
+                print(f"crack-edge bench: source.uri: {e}", file=sys.stderr)
+                return 66  # EX_NOINPUT
+            results.append(row)
+            print(f"bench {i}/{len(configs)}: {what}: bare {row['bare']['fps']:.2f} fps, "
+                  f"pipeline {row['pipeline']['fps']:.2f} fps", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # what was measured is kept: the finished rows are printed below
+        print(f"crack-edge bench: interrupted during row {i} of {len(configs)} ({what}); "
+              f"the {len(results)} finished row(s) follow", file=sys.stderr)
+        code = 130
+    if not results:
+        return code
     mark_default(results, default_choice(cfg))
     if as_json:
-        print(json.dumps({"machine": mach, "results": results, "targets": targets(results)}, indent=2))
+        print(json.dumps({"machine": mach, "results": results, "targets": targets(results),
+                          **({"interrupted": True} if code else {})}, indent=2))
     else:
         print(table(results, mach))
-    return 0
+    return code

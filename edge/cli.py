@@ -184,7 +184,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys}[args.command](args)
+    try:
+        return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys}[args.command](args)
+    except KeyboardInterrupt:  # `run` handles its own signals; this is Ctrl-C anywhere else
+        print(f"crack-edge {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

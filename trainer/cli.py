@@ -233,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s",
                             datefmt="%H:%M:%S")
-        return quantize.main(argv[1:])
+        try:
+            return quantize.main(argv[1:])
+        except KeyboardInterrupt:
+            print("crack-train quantize: interrupted", file=sys.stderr)
+            return 130
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -247,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted:
         print(f"crack-train {ns.command}: interrupted; run the same command with --resume to continue",
               file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # outside a training loop (eval, labels, export, ...): nothing to resume
+        print(f"crack-train {ns.command}: interrupted", file=sys.stderr)
         return 130
 
 

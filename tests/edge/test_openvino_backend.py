@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import socket
 from pathlib import Path
 
@@ -463,3 +464,62 @@ def test_released_models_give_the_same_cracks_in_every_runtime(edge_daemon, subs
           "openvino int8", [round(float(i), 3) for i in int8_ious])
     assert min(fp32_ious) >= 0.98, fp32_ious
     assert min(int8_ious) >= 0.85, int8_ious
+
+
+def _bench(net: Path, *args: str, interrupt_before_row: int | None = None) -> tuple[int, str, str]:
+    """`crack-edge bench --all` as a user runs it; Ctrl-C (SIGINT) as row N starts, when asked."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "bench", "--all", "--model", str(net),
+                             "--source", str(DEMO_CLIP), "--size", "64x64", "--warmup", "1", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2],
+                            # a shell's background job would inherit SIGINT ignored; a terminal's does not
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err = []
+    try:
+        for line in proc.stderr:
+            err.append(line)
+            if interrupt_before_row and line.startswith(f"bench {interrupt_before_row}/") and line.endswith("...\n"):
+                proc.send_signal(signal.SIGINT)
+        out = proc.stdout.read()
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, "".join(err)
+
+
+@pytest.mark.timeout(300)
+def test_bench_prints_every_pair_with_stages_and_marks_the_default(student_onnx, int8_onnx, tmp_path):
+    if not DEMO_CLIP.exists():
+        pytest.skip(f"demo clip {DEMO_CLIP} is not there")
+    net = _model_pair(student_onnx, int8_onnx, tmp_path / "m")
+    code, out, err = _bench(net, "--frames", "4", "--rounds", "2", "--json")
+    assert code == 0, err[-3000:]
+    report = json.loads(out)
+    rows = {(r["backend"], r["precision"]) for r in report["results"]}
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")} <= rows
+    for r in report["results"]:
+        assert r["bare"]["fps"] > 0 and r["pipeline"]["fps"] > 0 and r["peak_rss_mb"] > 0, r
+        assert set(r["pipeline"]["stages_ms"]) == {"capture", "preprocess", "infer", "postprocess", "encode", "publish"}
+        assert r["pipeline"]["received"] > 0, "the bench's own subscriber saw no mask"
+    defaults = [r for r in report["results"] if r["default"]]
+    assert [(d["backend"], d["precision"], Path(d["model"]).name) for d in defaults] == \
+        [("openvino", "int8", "net-int8.onnx")]
+    assert report["targets"]["vs_onnxruntime_fp32_bare"] > 0 and report["targets"]["vs_fastest_bare"] > 0
+    assert f"bench {len(report['results'])}/{len(report['results'])}" in err  # progress, one line per row
+
+
+@pytest.mark.timeout(300)
+def test_ctrl_c_during_bench_prints_the_finished_rows_and_exits_130(student_onnx, int8_onnx, tmp_path):
+    if not DEMO_CLIP.exists():
+        pytest.skip(f"demo clip {DEMO_CLIP} is not there")
+    net = _model_pair(student_onnx, int8_onnx, tmp_path / "m")
+    code, out, err = _bench(net, "--frames", "30", "--rounds", "1", interrupt_before_row=2)
+    assert code == 130, err[-3000:]
+    assert "interrupted during row 2" in err and "Traceback" not in err
+    table_rows = [ln for ln in out.splitlines() if ln.lstrip("*").startswith(("openvino ", "onnxruntime "))]
+    assert len(table_rows) == 1, out
