@@ -26,6 +26,7 @@ from trainer.data import VAL_ALIASES, Pair, list_pairs, pad_to_multiple, read_pa
 from trainer.errors import ConfigError, MissingInput
 from trainer.inference import OnnxPredictor, TorchPredictor, predict_image
 from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
+from trainer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def score(predict, pairs: Sequence[Pair], mode: str, size: tuple[int, int],
     """Accumulate metrics over ``pairs``; returns (metrics, probability maps by name, ms per image)."""
     ms = MetricSet(thresholds=thresholds)
     probs: dict[str, np.ndarray] = {}
-    elapsed, start, quarter = 0.0, time.monotonic(), 0
+    elapsed = 0.0
+    bar = Progress(len(pairs), "eval", unit="images")  # Crack500's 400 crops take a minute on a CPU
     for i, pair in enumerate(pairs, 1):
         img, gt = read_pair(pair)
         t0 = time.perf_counter()
@@ -77,11 +79,8 @@ def score(predict, pairs: Sequence[Pair], mode: str, size: tuple[int, int],
         elapsed += time.perf_counter() - t0
         ms.update(prob, gt, pair.name)
         probs[pair.name] = prob
-        if 4 * i // len(pairs) > quarter:  # a line a quarter: Crack500's 400 crops take a minute on a CPU
-            quarter = 4 * i // len(pairs)
-            spent = time.monotonic() - start
-            log.info("event=eval_progress images=%d/%d elapsed_s=%.0f eta_s=%.0f",
-                     i, len(pairs), spent, spent / i * (len(pairs) - i))
+        bar.update(i)
+    bar.close()
     return ms, probs, 1000 * elapsed / max(len(pairs), 1)
 
 

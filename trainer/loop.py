@@ -30,6 +30,7 @@ from trainer.data import Pair, collate, read_pair
 from trainer.errors import ConfigError, MissingInput
 from trainer.inference import TorchPredictor, predict_image
 from trainer.metrics import MetricSet
+from trainer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -94,34 +95,6 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.learning_rate)
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-
-
-class Progress:
-    """A one-line progress bar on a terminal; a log line every quarter epoch otherwise."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.start = total, label, time.monotonic()
-        self.tty = sys.stderr.isatty()
-        self._last_quarter = -1
-
-    def update(self, done: int, loss: float) -> None:
-        elapsed = time.monotonic() - self.start
-        eta = elapsed / max(done, 1) * (self.total - done)
-        if self.tty:
-            filled = int(30 * done / self.total)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{self.total} "
-                             f"loss={loss:.4f} {elapsed:.0f}s eta={eta:.0f}s ")
-            sys.stderr.flush()
-            return
-        quarter = 4 * done // self.total
-        if quarter != self._last_quarter:
-            self._last_quarter = quarter
-            log.info("event=progress %s step=%d/%d loss=%.4f elapsed_s=%.0f eta_s=%.0f",
-                     self.label, done, self.total, loss, elapsed, eta)
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
 
 
 class Validator:
@@ -340,6 +313,6 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
         scaler.update()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
-        bar.update(step, sums["loss"] / step)
+        bar.update(step, loss=sums["loss"] / step)
     bar.close()
     return {k: v / len(loader) for k, v in sums.items()}

@@ -125,28 +125,13 @@ def test_engine_is_refused_clearly_without_tensorrt(exported, capsys, monkeypatc
 
 
 def test_eval_shows_progress_and_ctrl_c_stops_it_with_130(exported, make_dataset, tmp_path):
-    import signal
-    import subprocess
-    import sys
-    from pathlib import Path
+    from terminal import run_at_terminal
 
     data = make_dataset(tmp_path / "many", n=80, size=(192, 256), seed=5, split={"test": [f"{i:03d}" for i in range(80)]})
     out = tmp_path / "report"
-    proc = subprocess.Popen([sys.executable, "-m", "trainer.cli", "eval", "--model", str(exported), "--data", str(data),
-                             "--split", "test", "--mode", "native", "--out", str(out), "--threads", "1"],
-                            cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    lines = []
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "event=eval_progress images=20/80" in line:
-                proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    text = "".join(lines)
-    assert proc.returncode == 130, text[-3000:]
+    code, _, text = run_at_terminal("trainer.cli", "eval", "--model", str(exported), "--data", str(data),
+                                    "--split", "test", "--mode", "native", "--out", str(out), "--threads", "1",
+                                    ctrl_c_when=lambda line: "event=progress eval images=20/80" in line)
+    assert code == 130, text[-3000:]
     assert "crack-train eval: interrupted" in text and "Traceback" not in text
     assert not (out / "report.json").exists(), "a report of a quarter of the images would pass for the whole set"
