@@ -468,28 +468,13 @@ def test_released_models_give_the_same_cracks_in_every_runtime(edge_daemon, subs
 
 def _bench(net: Path, *args: str, interrupt_before_row: int | None = None) -> tuple[int, str, str]:
     """`crack-edge bench --all` as a user runs it; Ctrl-C (SIGINT) as row N starts, when asked."""
-    import signal
-    import subprocess
-    import sys
+    from terminal import run_at_terminal
 
-    proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "bench", "--all", "--model", str(net),
-                             "--source", str(DEMO_CLIP), "--size", "64x64", "--warmup", "1", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).resolve().parents[2],
-                            # a shell's background job would inherit SIGINT ignored; a terminal's does not
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    err = []
-    try:
-        for line in proc.stderr:
-            err.append(line)
-            if interrupt_before_row and line.startswith(f"bench {interrupt_before_row}/") and line.endswith("...\n"):
-                proc.send_signal(signal.SIGINT)
-        out = proc.stdout.read()
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, out, "".join(err)
+    starts = f"bench {interrupt_before_row}/"
+    return run_at_terminal("edge.cli", "bench", "--all", "--model", str(net), "--source", str(DEMO_CLIP),
+                           "--size", "64x64", "--warmup", "1", *args,
+                           ctrl_c_when=(lambda line: line.startswith(starts) and line.endswith("...\n"))
+                           if interrupt_before_row else None)
 
 
 @pytest.mark.timeout(300)
