@@ -447,13 +447,14 @@ def test_released_models_give_the_same_cracks_in_every_runtime(edge_daemon, subs
     """The released fp32 student on the demo clip at its native size: OpenVINO agrees with ONNX
     Runtime (IoU >= 0.98 per frame), and the INT8 sibling stays close (bound from measurement)."""
     from models import DEFAULT_MODEL
+    from models.card import int8_sibling
 
-    if not DEFAULT_MODEL.exists() or not DEFAULT_MODEL.with_name(f"{DEFAULT_MODEL.stem}-int8.onnx").exists():
+    int8 = int8_sibling(DEFAULT_MODEL)
+    if not DEFAULT_MODEL.exists() or int8 is None:
         pytest.skip("released fp32 + INT8 pair absent")
     if not DEMO_CLIP.exists():
         pytest.skip(f"demo clip {DEMO_CLIP} is not there")
     n = 3
-    int8 = DEFAULT_MODEL.with_name(f"{DEFAULT_MODEL.stem}-int8.onnx")
     ref = _daemon_masks(edge_daemon, subscriber, DEFAULT_MODEL, "onnxruntime", "fp32", n, size="native")
     assert all(0.001 < np.count_nonzero(m.mask) / m.mask.size < 0.5 for m in ref), "no cracks found: proves nothing"
     ov32 = _daemon_masks(edge_daemon, subscriber, DEFAULT_MODEL, "openvino", "fp32", n, size="native")
