@@ -1,0 +1,1 @@
+"""What more than one program uses: exit statuses, and (see docs/architecture.md) the shared rooms."""
