@@ -130,12 +130,42 @@ def cmd_profile(ns: argparse.Namespace) -> int:
 
     from trainer.profile import profile
 
+    if ns.train:
+        return _profile_train(ns)
+    if not ns.arch:
+        raise ConfigError("profile: --arch is required (or --train for training speed)")
     try:
         r = profile(ns.arch, ns.size)
     except KeyError as e:
         raise ConfigError(str(e.args[0])) from e
     print(json.dumps(r) if ns.json else f"{r['arch']}: {r['params']:,} parameters, "
           f"{r['gflops']} GFLOPs at {ns.size[0]}x{ns.size[1]} (2 x multiply-adds)")
+    return 0
+
+
+def _profile_train(ns: argparse.Namespace) -> int:
+    import json
+
+    from models.registry import list_models
+    from trainer.loop import pick_device
+    from trainer.profile import train_speed
+
+    archs = [ns.arch] if ns.arch else list_models()
+    device = pick_device(ns.device)
+    rows = []
+
+    def show(row: dict[str, Any]) -> None:
+        print(json.dumps(row) if ns.json else
+              f"{row['arch']:<14} {row['precision']:<5} crop {row['crop']} batch {row['batch']}: "
+              f"{row['img_per_s']:6.2f} img/s ({row['s_per_step']:.2f} s/step, {row['threads']} threads, "
+              f"{row['device']}; {row['why']})", flush=True)
+
+    for arch in archs:
+        try:
+            rows += train_speed(arch, ns.crop, ns.batch_size, ns.steps, precisions=tuple(ns.precision),
+                                threads=ns.threads, device=device, on_row=show)
+        except KeyError as e:
+            raise ConfigError(str(e.args[0])) from e
     return 0
 
 
@@ -205,8 +235,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("profile", help="parameters and GFLOPs (2 x multiply-adds) of a variant")
-    p.add_argument("--arch", required=True, help="registered variant: student, teacher, student-mcld")
+    p.add_argument("--arch", help="registered variant: student, teacher, student-mcld (--train: default all)")
     p.add_argument("--size", type=_size, default=(448, 448), help="input HxW (default 448x448)")
+    p.add_argument("--train", action="store_true", help="training images/s per variant and precision instead")
+    p.add_argument("--crop", type=int, default=224, help="--train: crop side (default 224)")
+    p.add_argument("--batch-size", type=int, default=4, help="--train: crops per step (default 4)")
+    p.add_argument("--steps", type=int, default=6, help="--train: timed steps per row (after 2 warm-up steps)")
+    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                   help="--train: precisions to time")
+    p.add_argument("--threads", type=int, help="--train: torch CPU threads")
+    p.add_argument("--device", default="auto", help="--train: auto, cpu, cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
 

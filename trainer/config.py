@@ -55,7 +55,7 @@ class TrainSettings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N")
-    amp: bool = Field(True, description="Mixed precision on CUDA (ignored on CPU)")
+    amp: bool = Field(True, description="Mixed precision: bf16 autocast + channels-last on CPUs with native bf16, bf16/fp16 on CUDA (--no-amp: fp32)")
     run_dir: Path = Field(Path("runs/run"), description="Where checkpoints, logs and the plot go")
     resume: bool = Field(False, description="Continue from run_dir/last.pt")
     init: Path | None = Field(None, description=(
