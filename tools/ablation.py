@@ -791,9 +791,9 @@ def run_best_val(run: Path) -> float:
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    import torch
+    from trainer.checkpoint import read_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+    return read_checkpoint(path, "checkpoint", needs=()).get("meta", {})
 
 
 def pick(metrics: dict[str, Any]) -> dict[str, Any]:

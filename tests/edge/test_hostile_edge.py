@@ -120,3 +120,10 @@ def test_huge_photo_is_scaled_down_and_the_daemon_keeps_going(tmp_path, student_
     assert status is not None, d.log()
     assert d.proc.poll() is None, d.log()
     assert d.log().count("event=frame_downscaled") == 1
+
+
+def test_the_exit_status_table_in_the_docs_matches_common_exits():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Exit statuses", 1)[1]
+    for code, meaning in exits.TABLE.items():
+        assert f"| {code} |" in section and meaning in section, (code, meaning)
