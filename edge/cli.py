@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=2, metavar="R",
                        help="alternate bare and pipeline phases R times (a shared CPU then loads both alike)")
 
+    reload = sub.add_parser("reload", help="SIGHUP the daemon and wait for its answer (systemd ExecReload=)")
+    reload.add_argument("--pid", type=int, required=True, metavar="PID", help="the daemon's process id ($MAINPID)")
+    reload.add_argument("--timeout", type=float, default=10.0, metavar="S", help="how long to wait for the answer")
+
     keys = sub.add_parser("keys", help="create CurveZMQ key pairs: the daemon's and one per viewer (docs/security.md)")
     keys.add_argument("--out", required=True, metavar="DIR", help=(
         "folder for daemon.key (public) and daemon.key_secret; viewers' pairs go to DIR/viewers/"))
@@ -157,6 +161,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       rounds=args.rounds)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from edge.reload import request
+
+    code, message = request(args.pid, args.timeout)
+    print(f"crack-edge reload: {message}", file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -176,7 +188,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys}[args.command](args)
+        return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys,
+                "reload": cmd_reload}[args.command](args)
     except KeyboardInterrupt:  # `run` handles its own signals; this is Ctrl-C anywhere else
         print(f"crack-edge {args.command}: interrupted", file=sys.stderr)
         return exits.INTERRUPTED

@@ -150,10 +150,16 @@ class Daemon:
 
     def reload_keys(self) -> None:
         """SIGHUP: read the authorised-keys folder again; the socket and the stream stay."""
+        from edge.reload import write_answer
+
         if self.security is None:
             log.info("SIGHUP: no keys configured, nothing to reload")
+            write_answer(True, "no keys configured, nothing to reload")
             return
         result = self.security.reload()
+        write_answer(not result.refused, result.refused or (
+            f"keys reloaded: added={','.join(result.added) or '-'} removed={','.join(result.removed) or '-'} "
+            f"skipped={','.join(result.skipped) or '-'}"))
         if result.refused:
             systemd.notify(f"STATUS=reload refused: {result.refused[:200]}")
         elif result.skipped:
