@@ -100,15 +100,14 @@ def bench_bare(backend: Any, pre: Any, images: list[np.ndarray], warmup: int) ->
     return {"n": len(times), "seconds": time.perf_counter() - t0, "lat": times}
 
 
-def bench_pipeline(cfg: EdgeConfig, backend: Any, card: Any, size: Any, images: list[np.ndarray],
-                   warmup: int, sha: str) -> dict[str, Any]:
+def bench_pipeline(cfg: EdgeConfig, model: Any, images: list[np.ndarray], warmup: int) -> dict[str, Any]:
+    """The daemon's own Pipeline (built by edge.loader) on a loopback PUB socket drained by a subscriber."""
     import itertools
 
     import zmq
 
+    from edge import loader
     from edge.capture import CaptureThread, open_reader, parse_source
-    from edge.pipeline import Pipeline, PipelineIdentity
-    from edge.processing import Preprocessor
 
     ctx = zmq.Context(1)
     pub = ctx.socket(zmq.XPUB)
@@ -133,12 +132,9 @@ def bench_pipeline(cfg: EdgeConfig, backend: Any, card: Any, size: Any, images: 
                 received["masks"] += 1
                 received["bytes"] += sum(len(f) for f in frames)
 
-    thr = cfg.model.threshold if cfg.model.threshold is not None else card.threshold
-    ident = PipelineIdentity(cfg.vehicle_id, uuid.uuid4().hex, sha, thr, cfg.model.min_component_px,
-                             cfg.publish.frame_jpeg, cfg.publish.jpeg_quality)
     total = len(images)
-    pipe = Pipeline(backend, Preprocessor(card, size), pub, ident, every_frame=True,
-                    queue_size=cfg.pipeline.queue_size, max_frames=total, wait_subscriber_s=5.0)
+    pipe = loader.build_pipeline(cfg, model, pub, uuid.uuid4().hex, every=True, max_frames=total,
+                                 wait_subscriber_s=5.0)
     spec = parse_source(cfg.source.uri)
     src_cfg = cfg.source.model_copy(update={"loop": True, "pace": False})
     # Files and folders are decoded again by the capture thread (part of the cost); live
@@ -194,22 +190,17 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
     """Bare and pipeline phases alternated ``rounds`` times, so a CPU shared with others loads both alike."""
     import cv2
 
-    from edge.daemon import build_backend, inference_size, model_and_card
-    from edge.processing import Preprocessor
-    from models.card import sha256_file
+    from edge import loader
 
     cv2.setNumThreads(cfg.pipeline.cv2_threads)
-    path, card = model_and_card(cfg)
-    backend = build_backend(cfg, path, card)
-    path, card = backend.model_path, backend.card  # the file that runs (an INT8 sibling, an engine's ONNX)
-    size = inference_size(cfg, card)
+    model = loader.load_model(cfg)
+    backend, path, card, size = model.backend, model.path, model.card, model.size
     rounds = max(1, min(rounds, frames))
     per = -(-frames // rounds)
     want = per + warmup
     images = grab_frames(cfg, want)
     images = (images * (-(-want // len(images))))[:want]
-    sha = card.sha256 or sha256_file(path)
-    pre = Preprocessor(card, size)
+    pre = model.preprocessor()
     bare_runs, pipe_runs = [], []
     for r in range(rounds):
         # Later rounds need no runtime warm-up; one frame still fills the pipeline's queues.
@@ -219,9 +210,9 @@ def run_one(cfg: EdgeConfig, frames: int, warmup: int, rounds: int = 2) -> dict[
         # must not favour one phase.
         if r % 2 == 0:
             bare_runs.append(bench_bare(backend, pre, frames_r, skip))
-            pipe_runs.append(bench_pipeline(cfg, backend, card, size, frames_r, skip, sha))
+            pipe_runs.append(bench_pipeline(cfg, model, frames_r, skip))
         else:
-            pipe_runs.append(bench_pipeline(cfg, backend, card, size, frames_r, skip, sha))
+            pipe_runs.append(bench_pipeline(cfg, model, frames_r, skip))
             bare_runs.append(bench_bare(backend, pre, frames_r, skip))
     bare, pipe = summary(bare_runs), summary(pipe_runs)
     info = backend.describe()
@@ -251,7 +242,7 @@ def machine() -> dict[str, Any]:
 def default_choice(cfg: EdgeConfig) -> tuple[str, str] | None:
     """(backend, model file name) the daemon runs with this config's backend and precision."""
     from edge.backends.base import BackendError, resolve_name
-    from edge.daemon import StartupError, choose_model_file, model_and_card
+    from edge.loader import StartupError, choose_model_file, model_and_card
 
     try:
         name = resolve_name(cfg.backend.name)
@@ -348,14 +339,15 @@ def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = Fal
          rounds: int = 2) -> int:
     import sys
 
+    from common import exits
     from edge.capture import SourceError
-    from edge.daemon import StartupError
+    from edge.loader import StartupError
 
     # Without --all: the config as the daemon would run it (the INT8 sibling included, when chosen).
     configs = precision_pairs(cfg) if all_backends else [cfg]
     mach = machine()
     results: list[dict[str, Any]] = []
-    code = 0
+    code = exits.OK
     i, what = 0, ""
     try:
         for i, one in enumerate(configs, 1):
@@ -369,14 +361,14 @@ def main(cfg: EdgeConfig, frames: int = 40, warmup: int = 3, as_json: bool = Fal
                 return e.code
             except SourceError as e:
                 print(f"crack-edge bench: source.uri: {e}", file=sys.stderr)
-                return 66  # EX_NOINPUT
+                return exits.NOINPUT
             results.append(row)
             print(f"bench {i}/{len(configs)}: {what}: bare {row['bare']['fps']:.2f} fps, "
                   f"pipeline {row['pipeline']['fps']:.2f} fps", file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # what was measured is kept: the finished rows are printed below
         print(f"crack-edge bench: interrupted during row {i} of {len(configs)} ({what}); "
               f"the {len(results)} finished row(s) follow", file=sys.stderr)
-        code = 130
+        code = exits.INTERRUPTED
     if not results:
         return code
     mark_default(results, default_choice(cfg))

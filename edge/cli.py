@@ -11,8 +11,7 @@ import os
 import sys
 from typing import Any
 
-EXIT_CANTCREAT = 73
-EXIT_CONFIG = 78
+from common import exits
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -59,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--all", action="store_true", help="every backend present, one row each")
     bench.add_argument("--rounds", type=int, default=2, metavar="R",
                        help="alternate bare and pipeline phases R times (a shared CPU then loads both alike)")
+
+    reload = sub.add_parser("reload", help="SIGHUP the daemon and wait for its answer (systemd ExecReload=)")
+    reload.add_argument("--pid", type=int, required=True, metavar="PID", help="the daemon's process id ($MAINPID)")
+    reload.add_argument("--timeout", type=float, default=10.0, metavar="S", help="how long to wait for the answer")
 
     keys = sub.add_parser("keys", help="create CurveZMQ key pairs: the daemon's and one per viewer (docs/security.md)")
     keys.add_argument("--out", required=True, metavar="DIR", help=(
@@ -110,7 +113,7 @@ def load(args: argparse.Namespace) -> Any:
         return load_config(args.config, overrides(args))
     except ConfigError as e:
         print(f"crack-edge: {e}", file=sys.stderr)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(exits.CONFIG)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -122,39 +125,31 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Every check ``run`` makes before READY, in the same order, through the same loader; nothing is bound."""
     cfg = load(args)
     setup_logging(cfg.log_level)
-    from edge.daemon import StartupError, build_backend, inference_size, model_and_card
+    from edge import loader
 
-    from edge.capture import parse_source
-
+    model = None
     try:
-        spec = parse_source(cfg.source.uri)
-        path, card = model_and_card(cfg)
-        backend = build_backend(cfg, path, card)
-        path, card = backend.model_path, backend.card  # what runs: maybe an engine's ONNX or an INT8 sibling
-    except ValueError as e:
-        print(f"crack-edge: source.uri: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except StartupError as e:
+        spec = loader.source_spec(cfg)
+        loader.check_security(cfg)
+        model = loader.load_model(cfg)
+        loader.probe_model(model)
+        info = model.backend.describe()
+        shape = loader.probe_source(cfg, spec)
+    except loader.StartupError as e:
         print(f"crack-edge: {e}", file=sys.stderr)
         return e.code
-    import numpy as np
-
-    size = inference_size(cfg, card)
-    h, w = (card.input_size if size == "native" else size)
-    out = backend.infer(np.zeros((1, 3, h, w), np.float32))
-    info = backend.describe()
-    backend.close()
-    if out.shape != (1, 1, h, w):
-        print(f"crack-edge: model.path: {path}: output shape {out.shape}, expected (1, 1, {h}, {w})", file=sys.stderr)
-        return EXIT_CONFIG
-    present = spec.kind not in ("file", "folder") or os.path.exists(spec.target)
-    print(f"config ok: vehicle_id={cfg.vehicle_id} endpoint={cfg.publish.endpoint}")
-    print(f"model ok: {path} backend={backend.name} precision={info.get('precision') or card.precision} "
-          f"size={size} threshold={cfg.model.threshold or card.threshold}")
-    print(f"source: {spec.kind} {spec.target}" + ("" if present else " (not present now: the daemon will retry)"))
-    return 0
+    finally:
+        if model is not None:
+            model.close()
+    print(f"config ok: vehicle_id={cfg.vehicle_id} endpoint={cfg.publish.endpoint} "
+          f"security={'curve' if cfg.security.enabled else 'none'}")
+    print(f"model ok: {model.path} backend={model.backend.name} precision={info.get('precision') or model.card.precision} "
+          f"size={model.size} threshold={model.threshold}")
+    print(f"source ok: {spec.kind} {spec.target} frame={shape[1]}x{shape[0]}")
+    return exits.OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -166,6 +161,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       rounds=args.rounds)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from edge.reload import request
+
+    code, message = request(args.pid, args.timeout)
+    print(f"crack-edge reload: {message}", file=sys.stderr if code else sys.stdout)
+    return code
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -175,20 +178,21 @@ def cmd_keys(args: argparse.Namespace) -> int:
         made = create_keys(Path(args.out), args.viewer)
     except SecurityError as e:
         print(f"crack-edge: {e}", file=sys.stderr)
-        return EXIT_CANTCREAT
+        return exits.CANTCREAT
     for public, created in made:
         state = "created" if created else "exists, kept"
         print(f"{state}: {public} (public) + {public.name}_secret (secret, mode 600)")
-    return 0
+    return exits.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys}[args.command](args)
+        return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys,
+                "reload": cmd_reload}[args.command](args)
     except KeyboardInterrupt:  # `run` handles its own signals; this is Ctrl-C anywhere else
         print(f"crack-edge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ else:  # pragma: no cover - 3.10 only
 
 ENV_PREFIX = "CRACK_EDGE_"
 DEMO_CLIP = Path(__file__).resolve().parent / "demo" / "crackforest.mp4"
+# Bounds of settings that size allocations or threads: beyond them a typo, not a machine.
+MAX_CAMERA_SIDE = 8192      # wire.MAX_SIDE: no mask or frame larger than the wire carries
+MAX_THREADS = 256
 SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX,]\s*(\d+)\s*$")
 
 
@@ -62,6 +65,13 @@ class SourceConfig(Section):
     max_unreadable: int = Field(25, ge=1, description=(
         "Consecutive unreadable frames after which the source counts as failed and is reopened"))
 
+    @field_validator("camera_size")
+    @classmethod
+    def _camera_size(cls, v: Any) -> Any:
+        if v is not None and not all(1 <= n <= MAX_CAMERA_SIDE for n in v):
+            raise ValueError(f"[W, H] must each lie in 1..{MAX_CAMERA_SIDE}")
+        return v
+
     @model_validator(mode="after")
     def _backoff_order(self) -> "SourceConfig":
         if self.reconnect_max_s < self.reconnect_min_s:
@@ -77,6 +87,10 @@ class ModelConfig(Section):
         "or 'native': the frame's own size padded to a multiple of 4"))
     verify_sha256: bool = Field(True, description="Refuse a card whose sha256 does not match the model file")
     min_component_px: int = Field(5, ge=1, description="Smallest connected region, in pixels, counted as a crack")
+    max_side: int = Field(1920, ge=64, le=MAX_CAMERA_SIDE, description=(
+        "Longest side, px, of the frame the model infers on: a 'native'-size frame beyond it is scaled down "
+        "(counted as drops.downscaled, logged once), so no photo or camera mode can exhaust memory; a fixed "
+        "inference_size beyond it is refused"))
 
     @field_validator("inference_size", mode="before")
     @classmethod
@@ -103,7 +117,7 @@ class ModelConfig(Section):
 
 class BackendConfig(Section):
     name: str = Field("auto", description="Inference runtime: auto (best present), tensorrt, openvino or onnxruntime")
-    threads: int = Field(0, ge=0, description="Runtime CPU threads (0: the runtime's default)")
+    threads: int = Field(0, ge=0, le=MAX_THREADS, description="Runtime CPU threads (0: the runtime's default)")
     streams: int = Field(0, ge=0, le=16, description=(
         "Frames inferred at once, each on its share of the cores (OpenVINO; 0: auto, 2 on a multi-core CPU, "
         "1 for the lowest latency per frame)"))
@@ -159,8 +173,12 @@ class PublishConfig(Section):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        if not re.match(r"^(tcp://[^:]+:(\d+|\*)|ipc://.+|inproc://.+)$", v):
+        m = re.match(r"^(tcp://[^:]+:(\d+|\*)|ipc://.+|inproc://.+)$", v)
+        if not m:
             raise ValueError(f"{v!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555 or ipc:///run/crack-edge/pub")
+        port = m.group(2)
+        if port is not None and port != "*" and not 1 <= int(port) <= 65535:
+            raise ValueError(f"{v!r}: port {port} is not in 1..65535 (ZeroMQ would bind a random port)")
         return v
 
 

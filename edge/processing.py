@@ -5,12 +5,15 @@ the runtime needs the cores, so these steps must stay a few milliseconds.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from models.card import ModelCard
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,15 @@ class Preprocessor:
 
     ``size`` is (H, W) to resize to, or "native": the frame's own size, zero-padded on the right
     and bottom to the card's ``size_multiple``; ``valid`` then says what to crop the output to.
+    A native frame whose longest side exceeds ``max_side`` is first scaled down to it (counted in
+    :attr:`downscaled`, logged once), so no photo or camera mode can exhaust memory.
     """
 
-    def __init__(self, card: ModelCard, size: tuple[int, int] | str) -> None:
+    def __init__(self, card: ModelCard, size: tuple[int, int] | str, max_side: int | None = None) -> None:
         self.card = card
         self.size = size
+        self.max_side = max_side
+        self.downscaled = 0
         self.swap_rb = card.channel_order == "RGB"
         std = np.asarray(card.std, np.float32)
         self.scale = (1.0 / std).reshape(3, 1, 1)
@@ -44,7 +51,20 @@ class Preprocessor:
 
     def clone(self) -> "Preprocessor":
         """Same card and size, buffers of its own (one per inference thread)."""
-        return Preprocessor(self.card, self.size)
+        return Preprocessor(self.card, self.size, self.max_side)
+
+    def bounded(self, frame: np.ndarray) -> np.ndarray:
+        """``frame``, or a copy scaled down so that its longest side is ``max_side``."""
+        fh, fw = frame.shape[:2]
+        if self.max_side is None or max(fh, fw) <= self.max_side:
+            return frame
+        scale = self.max_side / max(fh, fw)
+        w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
+        if not self.downscaled:
+            log.warning("event=frame_downscaled from=%dx%d to=%dx%d max_side=%d (model.max_side; counted as "
+                        "drops.downscaled, logged once)", fw, fh, w, h, self.max_side)
+        self.downscaled += 1
+        return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
 
     def output_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the mask for a frame of this size."""
@@ -58,6 +78,8 @@ class Preprocessor:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
         fh, fw = frame.shape[:2]
         if self.size == "native":
+            frame = self.bounded(frame)
+            fh, fw = frame.shape[:2]
             h, w = fh, fw
             ph, pw = padded(h, self.card.size_multiple), padded(w, self.card.size_multiple)
             seen = frame

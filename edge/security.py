@@ -28,7 +28,7 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -126,13 +126,35 @@ def load_secret(path: Path, what: str) -> tuple[bytes, bytes]:
 
 
 def authorised_keys(folder: Path, what: str) -> dict[bytes, str]:
-    """Z85 public key -> certificate name for every ``*.key`` in ``folder`` (the ZAP rule's files)."""
+    """Z85 public key -> certificate name for every ``*.key`` in ``folder``; any bad file refuses all (start-up)."""
+    keys, skipped = read_authorised(folder, what)
+    if skipped:
+        raise SecurityError(skipped[0][1])
+    return keys
+
+
+def read_authorised(folder: Path, what: str) -> tuple[dict[bytes, str], list[tuple[str, str]]]:
+    """The good ``*.key`` files of ``folder`` and (file name, reason) for each bad one.
+
+    SecurityError only when the folder itself cannot be read: a reload must still apply what the
+    good files say (a revoked key stays revoked) whatever else lies beside them.
+    """
     if not folder.is_dir():
         raise SecurityError(f"{what}: {folder}: authorised-keys folder not found")
     keys: dict[bytes, str] = {}
-    for path in sorted(folder.glob("*.key")):
-        keys[load_public(path, what)] = path.stem
-    return keys
+    skipped: list[tuple[str, str]] = []
+    try:
+        paths = sorted(folder.glob("*.key"))
+    except OSError as e:
+        raise SecurityError(f"{what}: {folder}: cannot list the authorised-keys folder: {e.strerror or e}") from None
+    for path in paths:
+        try:
+            keys[load_public(path, what)] = path.stem
+        except SecurityError as e:
+            skipped.append((path.name, str(e)))
+        except OSError as e:  # unreadable (permissions), a folder named *.key...
+            skipped.append((path.name, f"{what}: {path}: cannot read: {e.strerror or e}"))
+    return keys, skipped
 
 
 # ------------------------------------------------------------------ policy
@@ -329,6 +351,8 @@ def _peer_name(fd: int) -> tuple[str, int]:
 class Reload:
     added: list[str]
     removed: list[str]
+    skipped: list[str] = field(default_factory=list)   # bad files, named; the good ones were applied
+    refused: str = ""                                  # why nothing was applied (the folder is unreadable)
 
 
 class CurveServer:
@@ -348,7 +372,7 @@ class CurveServer:
         """Make ``sock`` a CURVE server guarded by ZAP; must precede bind()."""
         self.auth = _Authenticator(sock.context, self.names, self.refusals)
         self.auth.start()
-        self.auth.configure_curve(domain="*", location=str(self.folder))
+        self._authorise(self.names)
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
@@ -364,23 +388,33 @@ class CurveServer:
     def reload(self) -> Reload:
         """Read the authorised folder again (safe from any thread: the socket is not touched).
 
-        A folder that cannot be read, or a file in it that is not a certificate, leaves the
-        authorised set as it was and is logged as an error naming the file.
+        Fails closed: a bad file is skipped and named (``event=key_skipped``) and the good files
+        still replace the authorised set, so a revoked key is dropped whatever lies beside it.  Only
+        a folder that cannot be read at all leaves the set as it was (``refused`` says why).
         """
         assert self.auth is not None, "attach() first"
         try:
-            names = authorised_keys(self.folder, f"{self.setting}.authorized_keys")
+            names, skipped = read_authorised(self.folder, f"{self.setting}.authorized_keys")
         except SecurityError as e:
             log.error("event=reload_refused error=%s (the authorised keys are unchanged)", e)
-            return Reload([], [])
+            return Reload([], [], refused=str(e))
+        for name, reason in skipped:
+            log.warning("event=key_skipped file=%s error=%s", name, reason)
         old = self.names
-        self.auth.configure_curve(domain="*", location=str(self.folder))
-        self.auth.names = self.names = names
+        self._authorise(names)
         result = Reload(sorted(names[k] for k in names.keys() - old.keys()),
-                        sorted(old[k] for k in old.keys() - names.keys()))
-        log.info("event=keys_reloaded authorised=%d added=%s removed=%s", len(names),
-                 ",".join(result.added) or "-", ",".join(result.removed) or "-")
+                        sorted(old[k] for k in old.keys() - names.keys()), [name for name, _ in skipped])
+        log.info("event=keys_reloaded authorised=%d added=%s removed=%s skipped=%s", len(names),
+                 ",".join(result.added) or "-", ",".join(result.removed) or "-", ",".join(result.skipped) or "-")
         return result
+
+    def _authorise(self, names: dict[bytes, str]) -> None:
+        # The ZAP thread answers from ``certs``; set it from the keys read here, not from pyzmq's own
+        # folder reader, which keeps the old set (fails open) when any one file is bad.
+        assert self.auth is not None
+        self.auth.allow_any = False
+        self.auth.certs["*"] = {key: True for key in names}
+        self.auth.names = self.names = names
 
     def reauthenticate(self, sock: zmq.Socket) -> bool:
         """Cut every connection so that each passes ZAP again; call only from the socket's thread.

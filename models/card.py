@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class CardError(ValueError):
@@ -30,7 +30,7 @@ class ModelCard(BaseModel):
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
     threshold: float = Field(0.5, ge=0.0, le=1.0, description="Probability above which a pixel is crack")
-    size_multiple: int = Field(4, description="H and W must be multiples of this")
+    size_multiple: int = Field(4, ge=1, le=1024, description="H and W must be multiples of this")
     inference: Literal["resize", "native"] = Field(
         "resize", description="How a consumer sizes frames by default: 'resize' to input_size, or 'native': "
         "the frame's own size padded to size_multiple (the figures say which one they were measured at)")
@@ -41,6 +41,21 @@ class ModelCard(BaseModel):
     validated_sizes: list[tuple[int, int]] = Field(default_factory=list)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        # Frames are divided by std: zero (or negative) would fill the input with inf/NaN.
+        if not all(s > 0 for s in v):
+            raise ValueError(f"each value must be > 0 (frames are divided by it), got {list(v)}")
+        return v
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not all(n >= 1 for n in v):
+            raise ValueError(f"[H, W] must be positive, got {list(v)}")
+        return v
 
 
 def card_path(onnx_path: str | Path) -> Path:

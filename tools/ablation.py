@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))  # run as a plain script: `python tools/ablation.p
 from pydantic import Field, field_validator, model_validator  # noqa: E402
 from pydantic_settings import BaseSettings, SettingsConfigDict  # noqa: E402
 
+from common import exits  # noqa: E402
 from trainer.errors import ConfigError, MissingInput, TrainerError  # noqa: E402
 
 log = logging.getLogger("ablation")
@@ -71,13 +72,12 @@ IDENTITY_KEYS = ("cfd", "extra_data", "temperatures", "hyper_t", "seed", "val_fr
                  "student_args", "alpha")
 GRACE_S = 60.0  # after SIGTERM, how long a run may take to stop before it is killed
 MIN_JOB_S = 10.0  # a training run given less than this is not started
-EX_SOFTWARE = 70
 
 
 class StepFailed(TrainerError):
     """A crack-train step exited with an error; the message names the step and its log."""
 
-    exit_code = EX_SOFTWARE
+    exit_code = exits.SOFTWARE
 
 
 class Interrupted(Exception):
@@ -504,7 +504,7 @@ class Ablation:
             stop = "out of time before start"
         elif job.rc == 0:
             stop = "epochs" if len(rows) >= epochs_cap else "early stop"
-        elif job.rc == 130 and job.over_budget:
+        elif job.rc == exits.INTERRUPTED and job.over_budget:
             stop = "budget"
         else:
             raise StepFailed(f"{m.name}: `{shlex.join(job.argv[1:])}` exited {job.rc}; log {job.log_path}:\n"
@@ -547,7 +547,7 @@ class Ablation:
             jobs.append(Job(f"labels-T{tname(t)}", argv, self.p.job_log(f"labels-T{tname(t)}"), c.labels_timeout_s))
 
         def done(job: Job) -> None:
-            if job.rc != 0 or job.over_budget:
+            if job.rc != exits.OK or job.over_budget:
                 why = f"took over --labels-timeout-s {c.labels_timeout_s:g}" if job.over_budget else f"exited {job.rc}"
                 raise StepFailed(f"{job.name}: {why}; log {job.log_path}:\n{job.tail()}")
             log.info("event=done job=%s", job.name)
@@ -645,7 +645,7 @@ class Ablation:
         out = buf.getvalue()
         for line in out.splitlines():
             log.info("event=output step=%s %s", what, line)
-        if rc != 0:
+        if rc != exits.OK:
             raise StepFailed(f"{what}: `crack-train {shlex.join(argv)}` exited {rc}")
         return out
 
@@ -791,9 +791,9 @@ def run_best_val(run: Path) -> float:
 def checkpoint_meta(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    import torch
+    from trainer.checkpoint import read_checkpoint
 
-    return torch.load(path, map_location="cpu", weights_only=False).get("meta", {})
+    return read_checkpoint(path, "checkpoint", needs=()).get("meta", {})
 
 
 def pick(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -1166,14 +1166,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger().addHandler(handler)
     try:
         run(cfg)
-        return 0
+        return exits.OK
     except TrainerError as e:
         log.error("event=failed exit=%d %s", e.exit_code, e)
         print(f"ablation: {e}", file=sys.stderr)
         return e.exit_code
     except (Interrupted, KeyboardInterrupt) as e:
         print(f"ablation: interrupted ({e}); run the same command again to resume", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import exits  # noqa: E402
 from tools.ablation import host_info, time_cpu  # noqa: E402
 from trainer.evaluate import run_eval  # noqa: E402
 
@@ -71,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     for m in ns.models:
         if not m.is_file() or not m.with_suffix(".json").is_file():
             print(f"cpu_rows: {m}: model or its card not found", file=sys.stderr)
-            return 66
+            return exits.NOINPUT
     with tempfile.TemporaryDirectory() as tmp:
         rows = [judge(m, ns.cfd, Path(tmp), ns.runs, ns.threads) for m in ns.models]
     print(table(rows))
     if ns.json:
         ns.json.write_text(json.dumps({"host": host_info(), "argv": sys.argv, "rows": rows}, indent=2) + "\n")
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

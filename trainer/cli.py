@@ -21,6 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from common import exits
 from trainer.config import TrainSettings, load_settings
 from trainer.errors import ConfigError, TrainerError
 
@@ -275,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return quantize.main(argv[1:])
         except KeyboardInterrupt:
             print("crack-train quantize: interrupted", file=sys.stderr)
-            return 130
+            return exits.INTERRUPTED
     ns = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -289,10 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Interrupted:
         print(f"crack-train {ns.command}: interrupted; run the same command with --resume to continue",
               file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
     except KeyboardInterrupt:  # outside a training loop (eval, labels, export, ...): nothing to resume
         print(f"crack-train {ns.command}: interrupted", file=sys.stderr)
-        return 130
+        return exits.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -29,20 +29,17 @@ MANIFEST = "manifest.json"
 
 def load_checkpoint(path: str | Path, device: str = "cpu"):
     """(network with the checkpoint's weights, its meta) from a ``best.pt``/``last.pt``."""
-    import torch
-
     from models import create_model
+    from trainer.checkpoint import CheckpointError, read_checkpoint
 
     path = Path(path)
-    if not path.exists():
-        raise MissingInput(f"{path}: checkpoint not found")
+    ck = read_checkpoint(path, "checkpoint", device)
+    meta = ck["meta"]
     try:
-        ck = torch.load(path, map_location=device, weights_only=False)
-        meta = ck["meta"]
         net = create_model(meta["arch"])
         net.load_state_dict(ck["model"])
-    except (KeyError, RuntimeError, EOFError) as e:
-        raise DataError(f"{path}: not a crack-train checkpoint: {e}") from e
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint: {path}: not a crack-train checkpoint: {e}") from e
     return net.to(device).eval(), meta
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from models.card import sha256_file
+from trainer.checkpoint import read_checkpoint
 from trainer.config import TrainSettings
 from trainer.data import Pair, collate, read_pair
 from trainer.errors import ConfigError, MissingInput
@@ -169,13 +170,8 @@ class RunResult:
 
 def init_weights(net: nn.Module, path: Path, meta: dict[str, Any], device: str) -> None:
     """Load another run's weights into ``net``: the start of a fine-tune, not a resume."""
-    if not path.is_file():
-        raise MissingInput(f"init: {path}: checkpoint not found")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=False)
-        state, arch = ck["model"], ck.get("meta", {}).get("arch")
-    except Exception as e:  # a truncated or foreign file: name it, do not print a pickle traceback
-        raise ConfigError(f"init: {path}: not a crack-train checkpoint ({e})") from None
+    ck = read_checkpoint(path, "init", device)
+    state, arch = ck["model"], ck["meta"].get("arch")
     if arch != meta.get("arch"):
         raise ConfigError(f"init: {path}: checkpoint is a {arch!r}, this run a {meta.get('arch')!r}")
     net.load_state_dict(state)
@@ -252,7 +248,8 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
     if cfg.resume:
         if not last_path.exists():
             raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
-        ck = torch.load(last_path, map_location=device, weights_only=False)
+        ck = read_checkpoint(last_path, "resume", device, needs=("model", "meta", "optimizer", "scheduler", "scaler",
+                                                                 "history", "epoch", "torch_rng"))
         if ck["meta"].get("arch") != meta.get("arch"):
             raise ConfigError(f"{last_path}: checkpoint is a {ck['meta'].get('arch')!r}, this run a {meta.get('arch')!r}")
         net.load_state_dict(ck["model"])

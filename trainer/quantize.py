@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common import exits
 from models.card import CardError, ModelCard, card_path, load_card, sha256_file, write_card
 from trainer.data import Pair, list_pairs, pad_to_multiple, read_image, training_pairs
 from trainer.errors import ConfigError, DataError, MissingInput, TrainerError
@@ -38,7 +39,7 @@ QUANTIZED_OPS = ("Conv", "ConvTranspose", "Add", "MaxPool", "Relu")
 class AccuracyLoss(TrainerError):
     """The INT8 model loses more validation F1(2px) than allowed; nothing was written."""
 
-    exit_code = 3
+    exit_code = exits.FAILURE  # the guard is a check that found a problem (was an undocumented 3)
 
 
 class QuantizeSettings(BaseModel):
@@ -294,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"wrote {report.out_path} (validation F1(2px) fp32={report.f1_fp32:.4f} int8={report.f1_int8:.4f}, "
           f"drop {report.f1_drop:.4f} <= {report.max_f1_drop:.4f}; {len(report.calib_images)} calibration images; "
           f"{report.seconds:.1f} s)")
-    return 0
+    return exits.OK
 
 
 if __name__ == "__main__":

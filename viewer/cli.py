@@ -3,7 +3,8 @@
 Only argparse is imported before the flags are parsed, so ``--help`` answers at once.
 Exit statuses: 0 done, 1 unexpected failure, 2 usage, 65 a file that is not a recording,
 66 a recording that does not exist, 69 an endpoint that cannot be bound, 74 a recording that
-cannot be written (disk full...), 71 no display for the window, 78 bad configuration.
+cannot be written (disk full...), 71 no display for the window, 78 bad configuration
+(common/exits.py holds them all).
 """
 from __future__ import annotations
 
@@ -12,12 +13,7 @@ import logging
 import sys
 from typing import Any, Sequence
 
-EXIT_DATAERR = 65
-EXIT_NOINPUT = 66
-EXIT_UNAVAILABLE = 69
-EXIT_NO_DISPLAY = 71
-EXIT_IOERR = 74
-EXIT_CONFIG = 78
+from common import exits
 
 log = logging.getLogger("viewer")
 
@@ -122,16 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg.require(args.command)
     except ConfigError as e:
         print(f"crack-viewer: configuration error: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.CONFIG
     logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.validate_config:
         print(cfg.model_dump_json(indent=2))
-        return 0
+        return exits.OK
     try:
         return _run(args.command, cfg)
     except KeyboardInterrupt:
-        return 130
+        return exits.INTERRUPTED
 
 
 def _run(command: str, cfg: Any) -> int:
@@ -148,7 +144,7 @@ def _run(command: str, cfg: Any) -> int:
                 return run(WatchApp(cfg).serve(), cfg.loop)
             except NoDisplay as e:
                 log.error("event=no_display error=%s", e)
-                return EXIT_NO_DISPLAY
+                return exits.NO_DISPLAY
         if command == "record":
             from viewer.loop import run
             from viewer.record import RecordApp
@@ -163,13 +159,13 @@ def _run(command: str, cfg: Any) -> int:
         return RelayApp(cfg).serve()
     except BindError as e:
         log.error("event=bind_failed error=%s", e)
-        return EXIT_UNAVAILABLE
+        return exits.UNAVAILABLE
     except RecordingNotFound as e:
         log.error("event=recording_not_found error=%s", e)
-        return EXIT_NOINPUT
+        return exits.NOINPUT
     except RecordingError as e:
         log.error("event=recording_error error=%s", e)
-        return EXIT_IOERR if command == "record" else EXIT_DATAERR
+        return exits.IOERR if command == "record" else exits.DATAERR
 
 
 if __name__ == "__main__":

@@ -9,14 +9,13 @@ import asyncio
 import logging
 import time
 
+from common import exits
 from edge.recording import RecordingDiskFull, RecordingError, RecordingWriter
 from edge.wire import MASK_PREFIX, STATUS_PREFIX
 from viewer.config import ViewerConfig
 from viewer.subscriber import SubscriberApp
 
 log = logging.getLogger(__name__)
-
-EXIT_IOERR = 74
 
 
 class RecordApp(SubscriberApp):
@@ -45,13 +44,13 @@ class RecordApp(SubscriberApp):
                 exc = None if self.receiver.cancelled() else self.receiver.exception()
                 if isinstance(exc, RecordingDiskFull):
                     log.error("event=record_disk_full out=%s error=%s", self.rcfg.out, exc)
-                    self.exit_code = EXIT_IOERR
+                    self.exit_code = exits.IOERR
                 elif isinstance(exc, RecordingError):
                     log.error("event=record_failed out=%s error=%s", self.rcfg.out, exc)
-                    self.exit_code = EXIT_IOERR
+                    self.exit_code = exits.IOERR
                 elif exc is not None:
                     log.error("event=receiver_stopped error=%r", exc)
-                    self.exit_code = 1
+                    self.exit_code = exits.FAILURE
                 self.should_exit = True
 
     async def shutdown(self) -> None:

@@ -118,7 +118,7 @@ def test_example_config_in_systemd_folder_is_valid():
 
 
 def test_inference_size_follows_the_card_unless_configured():
-    from edge.daemon import inference_size
+    from edge.loader import inference_size
     from models.card import ModelCard
 
     resize, native = ModelCard(name="a", input_size=(448, 448)), ModelCard(name="b", inference="native")

@@ -165,3 +165,29 @@ def test_bad_key_file_is_named_and_exits_78(student_onnx, endpoint, make_images,
     d = edge_daemon(*base_args(student_onnx, endpoint, "--source", str(folder), "--no-loop"), env=env)
     assert d.wait(30) == 78, d.log()
     assert f"security.secret_key: {keys / 'daemon.key'}: holds no secret key" in d.log()
+
+
+def test_reload_command_reports_skipped_files_and_fails_when_refused(student_onnx, endpoint, make_images,
+                                                                     edge_daemon, zmq_ctx, keys) -> None:
+    import subprocess
+    import sys
+
+    folder = make_images("cam", 3)
+    alice = Viewer(zmq_ctx, endpoint, keys, "alice")
+    d = edge_daemon(*base_args(student_onnx, endpoint, "--source", str(folder), "--mode", "latest", "--pace"),
+                    env=secure_env(keys))
+    assert alice.first(45) is not None, d.log()
+
+    def reload() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "reload", "--pid", str(d.pid), "--timeout", "15"],
+                              capture_output=True, text=True, timeout=30)
+
+    (keys / "authorized" / "bob.key").unlink()
+    (keys / "authorized" / "broken.key").write_text("garbage\n")
+    r = reload()
+    assert r.returncode == 0 and "removed=bob" in r.stdout and "skipped=broken.key" in r.stdout, r.stdout + r.stderr
+    assert "event=key_skipped file=broken.key" in d.log()
+    shutil.rmtree(keys / "authorized")
+    r = reload()
+    assert r.returncode == 78 and "authorised-keys folder not found" in r.stderr, r.stdout + r.stderr
+    assert d.proc.poll() is None

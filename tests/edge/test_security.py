@@ -278,13 +278,26 @@ def test_revoked_key_stops_receiving_after_reload_and_reauthentication(
     assert back["bob-again"] > 0 and back["alice"] > 0 and back["bob"] == 0
 
 
-def test_reload_with_a_bad_file_keeps_the_authorised_set(server: Server, keys: Path, caplog) -> None:
-    caplog.set_level(logging.ERROR, logger="edge.security")
+def test_reload_with_a_bad_file_still_revokes_and_names_the_file(server: Server, keys: Path, caplog) -> None:
+    # Fails closed: a broken file beside the others must not keep a revoked viewer authorised.
+    caplog.set_level(logging.WARNING, logger="edge.security")
     (keys / "authorized" / "alice.key").unlink()
     (keys / "authorized" / "broken.key").write_text("garbage\n")
-    assert server.curve.reload() == security.Reload([], [])
-    assert "event=reload_refused" in caplog.text and "broken.key" in caplog.text
-    assert sorted(server.curve.names.values()) == ["alice", "bob"]
+    assert server.curve.reload() == security.Reload(added=[], removed=["alice"], skipped=["broken.key"])
+    assert "event=key_skipped" in caplog.text and "broken.key" in caplog.text
+    assert sorted(server.curve.names.values()) == ["bob"]
+    # The ZAP handler answers from the good keys only: bob's key is still there, alice's is gone.
+    assert server.curve.auth is not None
+    allowed = set(server.curve.auth.certs["*"])
+    assert allowed == {zmq.auth.load_certificate(keys / "viewers" / "bob.key")[0]}
+
+
+def test_reload_of_a_missing_folder_is_refused_and_says_so(server: Server, keys: Path, caplog) -> None:
+    caplog.set_level(logging.ERROR, logger="edge.security")
+    shutil.rmtree(keys / "authorized")
+    result = server.curve.reload()
+    assert result.refused and "authorised-keys folder not found" in result.refused
+    assert "event=reload_refused" in caplog.text
 
 
 class Tap(threading.Thread):

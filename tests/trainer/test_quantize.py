@@ -16,6 +16,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is needed to calibrate an
 
 import cv2  # noqa: E402
 
+from common import exits  # noqa: E402
 from models.card import ModelCard, load_card, sha256_file, write_card  # noqa: E402
 from trainer.data import list_pairs, training_pairs  # noqa: E402
 from trainer.quantize import AccuracyLoss, evaluate_f1, main, quantize  # noqa: E402
@@ -123,7 +124,7 @@ def test_guard_refuses_absurd_calibration(dataset, model, tmp_path):
 def test_negative_allowance_refuses_with_its_own_exit_status(dataset, model, tmp_path, capsys):
     out = tmp_path / "strict-int8.onnx"
     rc = main([str(model), "--data", str(dataset), "--out", str(out), "--calib-count", "3", "--max-f1-drop", "-1"])
-    assert rc == AccuracyLoss.exit_code == 3
+    assert rc == AccuracyLoss.exit_code == exits.FAILURE
     err = capsys.readouterr().err
     assert "INT8 refused" in err and "fp32=" in err and "int8=" in err and "-1.0000" in err
     assert not out.exists()

@@ -71,7 +71,7 @@ def test_init_refuses_a_missing_or_foreign_checkpoint(tiny_data, tmp_path, train
     assert "no.pt: checkpoint not found" in capsys.readouterr().err
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "b", "--init", str(junk))]) == 78
+    assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "b", "--init", str(junk))]) == 65  # one reader: DATAERR
     assert "junk.pt: not a crack-train checkpoint" in capsys.readouterr().err
 
 
