@@ -13,6 +13,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from edge import images
+from edge.wire import MAX_SIDE
 from viewer.state import VehicleView
 
 OVERLAY_BGR = (0, 0, 255)          # crack pixels: red
@@ -45,15 +47,23 @@ def mask_alone(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_jpeg(data: bytes | None) -> np.ndarray | None:
+def decode_jpeg(data: bytes | None, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The frame JPEG, or None; its declared size must be ``size`` (W, H), and at most MAX_SIDE."""
     if not data:
         return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        w, h = size or images.jpeg_size(data)
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            return None
+        return images.decode_jpeg(data, w, h)
+    except images.ImageError:
+        return None
 
 
 def vehicle_image(view: VehicleView) -> tuple[np.ndarray | None, str]:
     """The picture of one vehicle and a note on what it is (``frame``, ``mask only``...)."""
-    frame = decode_jpeg(view.frame_jpeg)
+    size = None if view.mask is None else (view.mask.shape[1], view.mask.shape[0])
+    frame = decode_jpeg(view.frame_jpeg, size)
     if view.mask is None:
         return frame, "no mask yet" if frame is None else "frame"
     if frame is not None:
