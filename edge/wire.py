@@ -20,10 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from edge import images
 
 SCHEMA = 1
 MASK_PREFIX = "mask/"
@@ -33,6 +37,18 @@ STATUS_PREFIX = "status/"
 MAX_SIDE = 8192
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
+MAX_INT = 2**53            # integers a JSON reader in any language holds exactly; seq etc. stay below
+MAX_INT_DIGITS = 20        # longer digit strings are refused before int() (Python's own limit raises ValueError)
+VEHICLE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
+# Integer fields that count or index: 0 <= value < MAX_INT.
+COUNT_FIELDS = ("seq", "frame_index", "crack_count")
+# Optional fields with a documented type; absent is fine, present must be right.
+OPTIONAL_MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "threshold": (int, float), "frame_width": int, "frame_height": int,
+    "position": (dict, type(None)), "ground": (dict, type(None)), "cracks": (list, type(None)),
+}
+MAX_CRACKS = 32
 
 MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
     "schema": int, "kind": str, "vehicle_id": str, "run_id": str, "seq": int,
@@ -79,17 +95,16 @@ class Message:
     header: dict[str, Any]
     mask: np.ndarray | None = None
     frame_jpeg: bytes | None = field(default=None, repr=False)
+    frame_error: str = ""   # why a frame 4 that was sent was dropped (not a JPEG, wrong size)
 
     def frame(self) -> np.ndarray | None:
         """Decode the optional camera frame (BGR), or None if the daemon sent none."""
         if self.frame_jpeg is None:
             return None
-        import cv2
-
-        img = cv2.imdecode(np.frombuffer(self.frame_jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            raise WireError("bad_jpeg", "frame does not decode as JPEG")
-        return img
+        try:
+            return images.decode_jpeg(self.frame_jpeg, self.header["width"], self.header["height"])
+        except images.ImageError as e:
+            raise WireError(e.reason, str(e)) from None
 
 
 # ---------------------------------------------------------------- encoding
@@ -121,6 +136,7 @@ def encode_mask(header: dict[str, Any], mask_png_b64: bytes, frame_jpeg_b64: byt
     """Build the frames of a mask message; ``header`` must carry every field of MASK_FIELDS."""
     header = {**header, "schema": SCHEMA, "kind": "mask", "has_frame": frame_jpeg_b64 is not None}
     _check_fields(header, MASK_FIELDS)
+    _check_values(header, "mask")
     frames = [f"{MASK_PREFIX}{header['vehicle_id']}".encode(), _json(header), mask_png_b64]
     if frame_jpeg_b64 is not None:
         frames.append(frame_jpeg_b64)
@@ -130,14 +146,17 @@ def encode_mask(header: dict[str, Any], mask_png_b64: bytes, frame_jpeg_b64: byt
 def encode_status(header: dict[str, Any]) -> list[bytes]:
     header = {**header, "schema": SCHEMA, "kind": "status"}
     _check_fields(header, STATUS_FIELDS)
+    _check_values(header, "status")
     return [f"{STATUS_PREFIX}{header['vehicle_id']}".encode(), _json(header)]
 
 
 # ---------------------------------------------------------------- decoding
 
-def _check_fields(header: dict[str, Any], spec: dict[str, type | tuple[type, ...]]) -> None:
+def _check_fields(header: dict[str, Any], spec: dict[str, type | tuple[type, ...]], optional: bool = False) -> None:
     for name, typ in spec.items():
         if name not in header:
+            if optional:
+                continue
             raise WireError("missing_field", name)
         value = header[name]
         # bool is an int in Python; a field typed int must not accept True.
@@ -145,6 +164,54 @@ def _check_fields(header: dict[str, Any], spec: dict[str, type | tuple[type, ...
             raise WireError("bad_field", f"{name}={value!r}")
         if not isinstance(value, typ):
             raise WireError("bad_field", f"{name}={value!r}")
+
+
+def _refuse_constant(name: str) -> float:
+    raise WireError("bad_number", f"{name} is not standard JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf
+        raise WireError("bad_number", f"{text[:32]} is not finite")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:  # before int(): a 5000-digit string would raise ValueError
+        raise WireError("bad_number", f"integer of {len(text)} digits")
+    return int(text)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Standard JSON only: NaN/Infinity, non-finite floats and huge integers raise WireError."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WireError("bad_json", str(e)[:80]) from None
+
+
+def _check_values(header: dict[str, Any], kind: str) -> None:
+    """The documented constraints beyond types: character sets, ranges, sizes."""
+    vid, run = header["vehicle_id"], header["run_id"]
+    if not VEHICLE_ID_RE.fullmatch(vid):
+        raise WireError("bad_field", f"vehicle_id {vid[:64]!r}: letters, digits, . _ - (1-64)")
+    if not RUN_ID_RE.fullmatch(run):
+        raise WireError("bad_field", f"run_id {run[:64]!r}: 32 hex digits")
+    for name in COUNT_FIELDS:
+        value = header.get(name)
+        if value is not None and not 0 <= value < MAX_INT:
+            raise WireError("bad_field", f"{name}={value} out of 0..2**53")
+    if kind == "status":
+        return
+    _check_fields(header, OPTIONAL_MASK_FIELDS, optional=True)
+    for name in ("frame_width", "frame_height"):
+        value = header.get(name)
+        if value is not None and not 0 < value <= MAX_SIDE:
+            raise WireError("absurd_size", f"{name}={value} out of 1..{MAX_SIDE}")
+    cracks = header.get("cracks")
+    if cracks is not None and len(cracks) > MAX_CRACKS:
+        raise WireError("bad_field", f"cracks has {len(cracks)} entries, at most {MAX_CRACKS}")
 
 
 def _b64(data: bytes, what: str) -> bytes:
@@ -173,10 +240,7 @@ def decode_header(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
     raw = bytes(frames[1])
     if len(raw) > MAX_HEADER_BYTES:
         raise WireError("too_large", f"header of {len(raw)} bytes")
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise WireError("bad_json", str(e)[:80]) from None
+    header = parse_json(raw)
     if not isinstance(header, dict):
         raise WireError("bad_json", "header is not an object")
     schema = header.get("schema")
@@ -186,7 +250,8 @@ def decode_header(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
         raise WireError("bad_field", f"kind={header.get('kind')!r} on topic {topic[:64]}")
     _check_fields(header, MASK_FIELDS if kind == "mask" else STATUS_FIELDS)
     if header["vehicle_id"] != vehicle:
-        raise WireError("bad_field", f"vehicle_id {header['vehicle_id']!r} != topic {vehicle!r}")
+        raise WireError("bad_field", f"vehicle_id {header['vehicle_id'][:64]!r} != topic {vehicle[:64]!r}")
+    _check_values(header, kind)
     if kind == "mask":
         w, h = header["width"], header["height"]
         if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
@@ -206,25 +271,22 @@ def decode(frames: list[bytes], decode_mask: bool = True) -> Message:
         return Message(kind, vehicle, header)
     png = _b64(bytes(frames[2]), "mask")
     jpeg = _b64(bytes(frames[3]), "frame") if header["has_frame"] else None
+    frame_error = ""
+    if jpeg is not None:
+        # The frame is extra: a lying or broken one is dropped (and said why), the mask still counts.
+        try:
+            images.check_size(images.jpeg_size(jpeg), header["width"], header["height"], "jpeg")
+        except images.ImageError as e:
+            jpeg, frame_error = None, str(e)
     mask = None
     if decode_mask:
         mask = decode_png(png, header["width"], header["height"])
-    return Message(kind, vehicle, header, mask, jpeg)
+    return Message(kind, vehicle, header, mask, jpeg, frame_error)
 
 
 def decode_png(png: bytes, width: int, height: int) -> np.ndarray:
-    import cv2
-
-    # PNG's IHDR holds the size at bytes 16..24: refuse a lying image before allocating it.
-    if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n":
-        raise WireError("bad_png", "not a PNG")
-    pw, ph = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
-    if (pw, ph) != (width, height):
-        raise WireError("bad_png", f"PNG is {pw}x{ph}, header says {width}x{height}")
+    """The mask PNG, its IHDR size checked against the header before decoding."""
     try:
-        mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    except cv2.error as e:
-        raise WireError("bad_png", str(e)[:80]) from None
-    if mask is None or mask.shape != (height, width):
-        raise WireError("bad_png", "does not decode")
-    return mask
+        return images.decode_mask_png(png, width, height)
+    except images.ImageError as e:
+        raise WireError(e.reason, str(e)) from None

@@ -39,7 +39,7 @@ def sample_message(width: int, height: int, with_frame: bool, seq: int = 0) -> l
     mask = sample_mask(width, height, seq)
     ratio = float((mask > 0).mean())
     header = {
-        "vehicle_id": "bench", "run_id": "bench-run", "seq": seq, "frame_index": seq,
+        "vehicle_id": "bench", "run_id": "b" * 32, "seq": seq, "frame_index": seq,
         "t_capture": time.time(), "t_publish": time.time(), "infer_ms": 10.0, "model_sha256": "0" * 64,
         "width": width, "height": height, "crack_ratio": ratio, "crack_count": 4,
         "crack_length_px": 400.0, "crack_max_width_px": 4.0,
@@ -72,7 +72,7 @@ def run_bench(seconds: float = 2.0) -> list[dict[str, object]]:
     cv2.setNumThreads(1)
     cpu = _pin_one_core()
     status = wire.encode_status({
-        "vehicle_id": "bench", "run_id": "bench-run", "seq": 1, "t_publish": time.time(), "fps": 10.0,
+        "vehicle_id": "bench", "run_id": "b" * 32, "seq": 1, "t_publish": time.time(), "fps": 10.0,
         "drops": {"capture": 0}, "source": {"state": "ok"}, "backend": "onnxruntime", "model_sha256": "0" * 64,
         "width": 448, "height": 448})
     cases: list[tuple[str, list[bytes], bool]] = [

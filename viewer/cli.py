@@ -138,6 +138,7 @@ def _run(command: str, cfg: Any) -> int:
         if command == "watch":
             from viewer.loop import run
             from viewer.watch import WatchApp
+            from viewer.headless import OutputError
             from viewer.window import NoDisplay
 
             try:
@@ -145,6 +146,9 @@ def _run(command: str, cfg: Any) -> int:
             except NoDisplay as e:
                 log.error("event=no_display error=%s", e)
                 return exits.NO_DISPLAY
+            except OutputError as e:
+                log.error("event=output_failed error=%s", e)
+                return exits.CANTCREAT
         if command == "record":
             from viewer.loop import run
             from viewer.record import RecordApp

@@ -18,20 +18,35 @@ from viewer.state import VehicleView
 log = logging.getLogger(__name__)
 
 
+class OutputError(OSError):
+    """The output folder cannot be used (it is a file, or not writable)."""
+
+
 class HeadlessSink:
+    """Images into ``out``.  Re-running into the same folder continues: PNG numbers go on after the
+    highest already there and an MP4 gets a new name, so no line of ``frames.jsonl`` ever points at
+    a picture that a later run replaced."""
+
     def __init__(self, out: Path, fmt: str = "png", fps: float = 10.0) -> None:
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._meta = open(self.out / "frames.jsonl", "a", encoding="utf-8")
+        except OSError as e:
+            what = "is not a folder" if self.out.exists() and not self.out.is_dir() else "cannot be written"
+            raise OutputError(f"--out {self.out} {what}: {e.strerror or e}") from None
         self.fmt = fmt
         self.fps = fps
-        self.count = 0
+        self.count = _last_index(self.out)
+        self.written = 0
+        self._video_name = _free_video_name(self.out)
         self._video: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self._meta = open(self.out / "frames.jsonl", "a", encoding="utf-8")
 
     def write(self, img: np.ndarray, views: Sequence[VehicleView], trigger: str, t_wall: float) -> None:
         self.count += 1
-        name = f"frame-{self.count:06d}.png" if self.fmt == "png" else "viewer.mp4"
+        self.written += 1
+        name = f"frame-{self.count:06d}.png" if self.fmt == "png" else self._video_name
         if self.fmt == "png":
             if not cv2.imwrite(str(self.out / name), img):
                 raise OSError(f"cannot write {self.out / name}")
@@ -39,13 +54,13 @@ class HeadlessSink:
             self._video_write(img)
         meta: dict[str, Any] = {"index": self.count, "file": name, "t": round(t_wall, 6), "trigger": trigger,
                                 "vehicles": [_view_meta(v) for v in views]}
-        self._meta.write(json.dumps(meta, separators=(",", ":")) + "\n")
+        self._meta.write(json.dumps(meta, separators=(",", ":"), allow_nan=False) + "\n")
         self._meta.flush()
 
     def _video_write(self, img: np.ndarray) -> None:
         if self._video is None:
             self._size = (img.shape[1] // 2 * 2, img.shape[0] // 2 * 2)  # codecs want even sizes
-            path = str(self.out / "viewer.mp4")
+            path = str(self.out / self._video_name)
             self._video = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
             if not self._video.isOpened():
                 raise OSError(f"cannot open {path} for writing (no MP4 encoder in this OpenCV?)")
@@ -58,7 +73,25 @@ class HeadlessSink:
             self._video.release()
             self._video = None
         self._meta.close()
-        log.info("event=headless_closed out=%s images=%d format=%s", self.out, self.count, self.fmt)
+        log.info("event=headless_closed out=%s images=%d format=%s", self.out, self.written, self.fmt)
+
+
+def _last_index(out: Path) -> int:
+    """The highest picture number already in ``out`` (PNG names), 0 for an empty folder."""
+    best = 0
+    for p in out.glob("frame-*.png"):
+        stem = p.stem[len("frame-"):]
+        if stem.isdigit():
+            best = max(best, int(stem))
+    return best
+
+
+def _free_video_name(out: Path) -> str:
+    name, n = "viewer.mp4", 1
+    while (out / name).exists():
+        n += 1
+        name = f"viewer-{n}.mp4"
+    return name
 
 
 def _letterbox(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from edge import images
+from edge.wire import MAX_SIDE
 from viewer.state import VehicleView
 
 OVERLAY_BGR = (0, 0, 255)          # crack pixels: red
@@ -27,6 +29,8 @@ BAND_LINES = 3
 BAND_H = LINE_H * BAND_LINES + 8
 FOOTER_H = LINE_H + 6
 GAP = 4
+MAX_TILES = 16        # tiles drawn at most; the footer counts the others (a bounded canvas)
+MAX_TILE_ASPECT = 2.0  # a tile's picture is at most this many times taller than wide, whatever frame_* say
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -45,15 +49,23 @@ def mask_alone(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def decode_jpeg(data: bytes | None) -> np.ndarray | None:
+def decode_jpeg(data: bytes | None, size: tuple[int, int] | None = None) -> np.ndarray | None:
+    """The frame JPEG, or None; its declared size must be ``size`` (W, H), and at most MAX_SIDE."""
     if not data:
         return None
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    try:
+        w, h = size or images.jpeg_size(data)
+        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+            return None
+        return images.decode_jpeg(data, w, h)
+    except images.ImageError:
+        return None
 
 
 def vehicle_image(view: VehicleView) -> tuple[np.ndarray | None, str]:
     """The picture of one vehicle and a note on what it is (``frame``, ``mask only``...)."""
-    frame = decode_jpeg(view.frame_jpeg)
+    size = None if view.mask is None else (view.mask.shape[1], view.mask.shape[0])
+    frame = decode_jpeg(view.frame_jpeg, size)
     if view.mask is None:
         return frame, "no mask yet" if frame is None else "frame"
     if frame is not None:
@@ -95,7 +107,7 @@ def render_tile(view: VehicleView, width: int) -> np.ndarray:
         pic = np.zeros((width * 3 // 4, width, 3), np.uint8)
     # Show the road in the camera's proportions, not the model's (a 480x320 frame inferred at 448x448).
     fw, fh = view.frame_size or (pic.shape[1], pic.shape[0])
-    h = max(1, round(fh * width / fw))
+    h = max(1, min(round(fh * width / fw), round(width * MAX_TILE_ASPECT)))
     interp = cv2.INTER_NEAREST if view.frame_jpeg is None else cv2.INTER_LINEAR
     pic = cv2.resize(pic, (width, h), interpolation=interp)
     if view.stale:
@@ -117,6 +129,9 @@ def render_fleet(views: Sequence[VehicleView], tile_width: int = 640, columns: i
     """All vehicles on a grid (sorted as given) with a footer line; one vehicle is one tile."""
     if not views:
         return render_waiting(footer or "waiting for vehicles", tile_width)
+    if len(views) > MAX_TILES:
+        footer = f"{footer}  (+{len(views) - MAX_TILES} vehicles not shown)"
+        views = views[:MAX_TILES]
     tiles = [render_tile(v, tile_width) for v in views]
     cols = grid_columns(len(tiles), columns)
     rows = math.ceil(len(tiles) / cols)

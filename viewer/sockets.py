@@ -10,9 +10,12 @@ from typing import Any, Iterable
 
 import zmq
 
-from edge.wire import Defaults
+from edge.wire import MAX_FRAME_BYTES, MAX_HEADER_BYTES, Defaults
 
 log = logging.getLogger(__name__)
+
+# The largest frame a valid message has: a base64 payload (MAX_FRAME_BYTES), the header or a topic.
+MAX_RECEIVE_FRAME_BYTES = max(MAX_FRAME_BYTES, MAX_HEADER_BYTES)
 
 
 def apply_defaults(sock: zmq.Socket) -> zmq.Socket:
@@ -34,6 +37,9 @@ def subscriber(ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str]
     """
     sock = apply_defaults(ctx.socket(kind))
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
+    # ZeroMQ checks this per frame, before receiving it: a peer sending a frame larger than the wire
+    # allows is disconnected (and reconnected), so no receiver ever holds a 270 MiB message.
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_RECEIVE_FRAME_BYTES)
     if kind == zmq.SUB:
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())

@@ -20,6 +20,11 @@ from edge import wire
 log = logging.getLogger(__name__)
 
 FPS_WINDOW_S = 2.0
+FORGET_AFTER_S = 600.0   # a vehicle silent this long is dropped from the state (and the screen)
+MAX_VEHICLES = 64        # beyond this, the longest-silent vehicle is forgotten for a new one
+# A seq jump larger than this in one run is not "that many masks lost" (a daemon cannot have sent
+# them): it is counted as a resync, so one forged or corrupted seq cannot count a million drops.
+MAX_SEQ_GAP = 10_000
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,20 @@ class VehicleState:
 class FleetState:
     """Per-vehicle state. ``now`` is monotonic seconds; ``t_wall`` the receive time (epoch)."""
 
-    def __init__(self, stale_after_s: float = wire.Defaults.STALE_AFTER_S) -> None:
+    def __init__(self, stale_after_s: float = wire.Defaults.STALE_AFTER_S, forget_after_s: float = FORGET_AFTER_S,
+                 max_vehicles: int = MAX_VEHICLES) -> None:
         self.stale_after_s = stale_after_s
+        self.forget_after_s = forget_after_s
+        self.max_vehicles = max_vehicles
         self.vehicles: dict[str, VehicleState] = {}
+        self.forgotten = 0
 
     def on_message(self, msg: wire.Message, t_wall: float, now: float) -> VehicleState:
         h = msg.header
         v = self.vehicles.get(msg.vehicle_id)
         if v is None:
+            if len(self.vehicles) >= self.max_vehicles:
+                self._forget(min(self.vehicles.values(), key=lambda x: x.last_seen), now, "max_vehicles")
             v = self.vehicles[msg.vehicle_id] = VehicleState(msg.vehicle_id, now, now, run_id=h["run_id"])
             log.info("event=vehicle_new vehicle=%s run_id=%s", v.vehicle_id, v.run_id)
         if v.stale:
@@ -117,7 +128,10 @@ class FleetState:
     def _track_seq(self, v: VehicleState, kind: str, seq: int) -> None:
         last = v.seq.get(kind)
         if last is not None:
-            if seq > last + 1:
+            if seq > last + MAX_SEQ_GAP:
+                log.warning("event=seq_jump vehicle=%s kind=%s from=%d to=%d (not counted as drops)",
+                            v.vehicle_id, kind, last, seq)
+            elif seq > last + 1:
                 v.drops += seq - last - 1
                 log.info("event=seq_gap vehicle=%s kind=%s lost=%d", v.vehicle_id, kind, seq - last - 1)
             elif seq <= last:
@@ -128,6 +142,8 @@ class FleetState:
     def tick(self, now: float) -> list[str]:
         """Mark vehicles silent for ``stale_after_s`` as stale; returns those newly marked."""
         newly = []
+        for v in [v for v in self.vehicles.values() if now - v.last_seen > self.forget_after_s]:
+            self._forget(v, now, "silent")
         for v in self.vehicles.values():
             if not v.stale and now - v.last_seen > self.stale_after_s:
                 v.stale = True
@@ -135,6 +151,11 @@ class FleetState:
                 newly.append(v.vehicle_id)
                 log.warning("event=vehicle_stale vehicle=%s silent_s=%.1f", v.vehicle_id, now - v.last_seen)
         return newly
+
+    def _forget(self, v: VehicleState, now: float, why: str) -> None:
+        del self.vehicles[v.vehicle_id]
+        self.forgotten += 1
+        log.info("event=vehicle_forgotten vehicle=%s silent_s=%.1f why=%s", v.vehicle_id, now - v.last_seen, why)
 
     def views(self, now: float) -> list[VehicleView]:
         """Snapshots sorted by vehicle id, with stale flags brought up to date."""
@@ -162,9 +183,9 @@ class FleetState:
 
 
 def _frame_size(header: dict[str, Any]) -> tuple[int, int] | None:
-    """The optional (frame_width, frame_height) of a mask header, if both are sane."""
+    """The optional (frame_width, frame_height) of a mask header, if both are sane (wire.MAX_SIDE)."""
     fw, fh = header.get("frame_width"), header.get("frame_height")
     if isinstance(fw, int) and isinstance(fh, int) and not isinstance(fw, bool) and not isinstance(fh, bool) \
-            and 0 < fw <= 16384 and 0 < fh <= 16384:
+            and 0 < fw <= wire.MAX_SIDE and 0 < fh <= wire.MAX_SIDE:
         return fw, fh
     return None

@@ -20,7 +20,6 @@ from viewer.subscriber import Decoder, SubscriberApp
 log = logging.getLogger(__name__)
 
 STATS_EVERY_S = 10.0
-JPEG_SOI = b"\xff\xd8\xff"
 
 
 class WatchApp(SubscriberApp):
@@ -93,12 +92,13 @@ class WatchApp(SubscriberApp):
     # ------------------------------------------------------------ work
 
     def on_frames(self, frames: list[bytes], t_wall: float) -> None:
+        if self.should_exit:
+            return  # --count reached: the burst still queued in the socket writes no more pictures
         msg = self.decoder(frames)
         if msg is None:
             return
-        if msg.frame_jpeg is not None and not msg.frame_jpeg.startswith(JPEG_SOI):
-            self.decoder.reject("bad_jpeg", f"frame of {msg.vehicle_id} seq={msg.header['seq']} is not a JPEG")
-            msg.frame_jpeg = None
+        if msg.frame_error:
+            self.decoder.reject("bad_jpeg", f"frame of {msg.vehicle_id} seq={msg.header['seq']}: {msg.frame_error}")
         now = time.monotonic()
         self.state.on_message(msg, t_wall, now)
         self._dirty = True

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,32 @@ def check_display() -> None:
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
                                                  or os.environ.get("QT_QPA_PLATFORM")):
         raise NoDisplay("no display (DISPLAY is not set): use --headless --out DIR, or run under a desktop/Xvfb")
+    display = os.environ.get("DISPLAY")
+    if sys.platform.startswith("linux") and display and not os.environ.get("WAYLAND_DISPLAY") \
+            and not os.environ.get("QT_QPA_PLATFORM") and not x_server_answers(display):
+        # Qt would abort the whole process (134) on this; say it and exit NO_DISPLAY instead.
+        raise NoDisplay(f"DISPLAY={display} is set but no X server answers there: use --headless --out DIR")
+
+
+def x_server_answers(display: str, timeout_s: float = 2.0) -> bool:
+    """Whether an X server accepts a connection at ``display`` (``[host]:N[.S]``); no X library needed."""
+    m = re.fullmatch(r"(?P<host>[^:]*):(?P<num>\d+)(?:\.\d+)?", display)
+    if m is None:
+        return True  # a form we do not know (e.g. a launchd path): let the toolkit decide
+    host, num = m["host"], int(m["num"])
+    if host in ("", "unix"):
+        targets = [(socket.AF_UNIX, f"/tmp/.X11-unix/X{num}"), (socket.AF_UNIX, f"\0/tmp/.X11-unix/X{num}")]
+    else:
+        targets = [(socket.AF_INET, (host, 6000 + num))]
+    for family, addr in targets:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(timeout_s)
+                s.connect(addr)
+                return True
+        except OSError:
+            continue
+    return False
 
 
 class Window:

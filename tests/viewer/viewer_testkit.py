@@ -64,7 +64,7 @@ def sample_frame(w: int, h: int, seed: int) -> np.ndarray:
 @dataclass
 class Messages:
     vehicle_id: str = "truck-7"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     width: int = 64
     height: int = 48
     seq: int = 0
