@@ -1,4 +1,4 @@
-"""`crack-viewer watch|record|replay|relay|bench`: parse flags, load the config, run one app.
+"""`crack-viewer watch|record|replay|relay|verify|bench`: parse flags, load the config, run one app.
 
 Only argparse is imported before the flags are parsed, so ``--help`` answers at once.
 Exit statuses: 0 done, 1 unexpected failure, 2 usage, 65 a file that is not a recording,
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     r.add_argument("--max-file-mb", type=float, metavar="MIB", help="rotate files past this size")
     r.add_argument("--max-total-mb", type=float, metavar="MIB", help="delete the oldest files past this total")
+    r.add_argument("--no-backfill", dest="backfill", action="store_false", default=None,
+                   help="do not ask the vehicle's history service for the masks missed")
 
     p = sub.add_parser("replay", help="publish a recording byte for byte with its original timing")
     _common(p, connect=False)
@@ -76,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "folder of viewers' public certificates: the relay's XPUB becomes a CurveZMQ server with --key"))
     x.add_argument("--allow-insecure", action="store_true", default=None,
                    help="relay in the clear on a non-loopback --bind without keys")
+
+    v = sub.add_parser("verify", help="count each file's good, damaged and torn records; --repair copies the good ones")
+    v.add_argument("recording", metavar="RECORDING", help="a .crec file or a recording folder")
+    v.add_argument("--repair", metavar="OUT", help="write every good record into the new recording folder OUT")
+    v.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="WARNING")
 
     b = sub.add_parser("bench", help="decode throughput on one core (messages/s)")
     b.add_argument("--seconds", type=float, default=2.0, help="seconds per case")
@@ -95,7 +102,8 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
                           "refresh_hz": a.refresh_hz, "snapshot_dir": a.snapshot_dir, "title": a.title}
     elif a.command == "record":
         flags["record"] = {"out": a.out, "prefix": a.prefix, "count": a.count, "duration": a.duration,
-                           "max_file_mb": a.max_file_mb, "max_total_mb": a.max_total_mb}
+                           "max_file_mb": a.max_file_mb, "max_total_mb": a.max_total_mb,
+                           "backfill": a.backfill}
     elif a.command == "replay":
         flags["replay"] = {"file": a.file, "bind": a.bind, "speed": a.speed, "loop": a.loop,
                            "wait_subscriber_s": a.wait_subscriber, "sndhwm": a.sndhwm}
@@ -110,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from viewer.bench import main as bench_main
 
         return bench_main(args.seconds)
+    if args.command == "verify":
+        return _verify(args)
 
     from viewer.config import ConfigError, load_config
 
@@ -128,6 +138,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args.command, cfg)
     except KeyboardInterrupt:
         return exits.INTERRUPTED
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from common import exits
+    from edge.recording import RecordingError, RecordingNotFound
+    from viewer.verify import verify
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return verify(Path(args.recording), Path(args.repair) if args.repair else None)
+    except RecordingNotFound as e:
+        log.error("event=recording_not_found error=%s", e)
+        return exits.NOINPUT
+    except RecordingError as e:
+        log.error("event=repair_failed error=%s", e)
+        return exits.CANTCREAT
 
 
 def _run(command: str, cfg: Any) -> int:

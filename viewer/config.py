@@ -62,13 +62,20 @@ class WatchConfig(_Section):
     mp4_fps: float = Field(10.0, gt=0, le=120, description="Frame rate written into a headless MP4")
 
 
+MIN_FILE_MB = 1 / 16
+
+
 class RecordConfig(_Section):
     out: Path | None = Field(None, description="Recording folder (rotated files <prefix>-NNNNNN.crec)")
     prefix: str = Field("rec", pattern=r"^[A-Za-z0-9._-]+$", description="File name prefix of the recording's files")
     count: int | None = Field(None, ge=1, description="Stop after this many messages (any kind)")
     duration: float | None = Field(None, gt=0, description="Stop after this many seconds")
-    max_file_mb: float = Field(64.0, gt=0, description="Start a new file past this size (MiB)")
-    max_total_mb: float = Field(1024.0, gt=0, description="Delete the oldest files past this total (MiB)")
+    # A file must hold its header and a record or two: below 64 KiB a file per message is no recording.
+    max_file_mb: float = Field(64.0, ge=MIN_FILE_MB, le=4096, description="Start a new file past this size (MiB, >= 1/16)")
+    max_total_mb: float = Field(1024.0, ge=MIN_FILE_MB, description="Delete the oldest files past this total (MiB)")
+    backfill: bool = Field(True, description=(
+        "Ask the vehicle's history service (the `history` field of its status) for masks missed while "
+        "cut off or not yet running, and write them in marked as backfilled"))
 
     @model_validator(mode="after")
     def _sizes(self) -> "RecordConfig":
