@@ -172,6 +172,16 @@ def open_security(cfg: EdgeConfig) -> Any:
         raise StartupError(str(e), EXIT_CONFIG) from None
 
 
+def open_position_source(cfg: EdgeConfig) -> Any:
+    """The configured position source (None for none); a bad log or setting stops start-up with 78."""
+    from edge.position import PositionError, open_position
+
+    try:
+        return open_position(cfg.position, cfg.source.uri)
+    except PositionError as e:
+        raise StartupError(str(e), EXIT_CONFIG) from None
+
+
 def open_publisher(cfg: EdgeConfig, curve: Any = None) -> tuple[Any, Any]:
     """Bind the XPUB socket with bounded queues, linger and ZMTP heartbeats (a CurveZMQ server with ``curve``)."""
     import zmq
@@ -225,6 +235,7 @@ class Daemon:
         self.next_watchdog = 0.0
         self.watchdog_held = False
         self.capture_started = False
+        self.position: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -276,6 +287,7 @@ class Daemon:
         path, card = self.backend.model_path, self.backend.card
         self.model_sha256 = card.sha256 or sha256_file(path)
         self.size = inference_size(cfg, card)
+        self.position = open_position_source(cfg)
         recorder = self.open_recorder()
         self.ctx, self.sock = open_publisher(cfg, self.security)
         every = cfg.source.mode == "every" or (cfg.source.mode == "auto" and not spec.live)
@@ -285,7 +297,9 @@ class Daemon:
         self.pipeline = Pipeline(self.backend, Preprocessor(card, self.size), self.sock, ident,
                                  every_frame=every, queue_size=cfg.pipeline.queue_size,
                                  max_frames=cfg.pipeline.max_frames, recorder=recorder,
-                                 wait_subscriber_s=cfg.publish.wait_subscriber_s)
+                                 wait_subscriber_s=cfg.publish.wait_subscriber_s, position=self.position)
+        if self.position is not None:
+            self.position.start()
         self.supervisor = SourceSupervisor(spec, cfg.source, self.pipeline.put_frame)
         self.pipeline.start()
         self.state = "running"
@@ -401,6 +415,7 @@ class Daemon:
             "stages_ms": p.times.summary(),
             "record": {"enabled": self.cfg.record.enabled, "active": p.recorder is not None,
                        "errors": p.counters.record_errors},
+            **({"position": self.position.status()} if self.position is not None else {}),
         }
 
     @staticmethod
@@ -417,6 +432,8 @@ class Daemon:
         systemd.notify("STOPPING=1\nSTATUS=stopping")
         if self.supervisor is not None:
             self.supervisor.stop(timeout=1.0)
+        if self.position is not None:
+            self.position.stop(timeout=1.0)
         p = self.pipeline
         if p is not None:
             deadline = time.monotonic() + (0.0 if self.force_exit else self.cfg.pipeline.drain_timeout_s)
