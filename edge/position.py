@@ -53,6 +53,7 @@ class Fix:
     heading_deg: float | None = None
     quality: str = "3d"
     satellites: int | None = None
+    segment: int = 0             # a reconnect starts a new one: no line is drawn across the gap
 
 
 # ------------------------------------------------------------------ NMEA
@@ -206,12 +207,14 @@ class FixRing:
                 drop = len(self.times) - self.maxlen
                 del self.times[:drop], self.fixes[:drop]
 
-    def around(self, t: float) -> tuple[Fix | None, Fix | None]:
+    def around(self, t: float) -> tuple[Fix | None, Fix | None, Fix | None]:
+        """(the fix before the one before ``t``, the one before, the one at or after), None where there is none."""
         with self.lock:
             i = bisect.bisect_left(self.times, t)
+            prev = self.fixes[i - 2] if i > 1 else None
             before = self.fixes[i - 1] if i > 0 else None
             after = self.fixes[i] if i < len(self.fixes) else None
-            return before, after
+            return prev, before, after
 
     def last(self) -> Fix | None:
         with self.lock:
@@ -222,9 +225,29 @@ class FixRing:
             return (self.times[0], self.times[-1]) if self.times else None
 
 
-def interpolate(before: Fix | None, after: Fix | None, t: float, max_gap_s: float) -> tuple[Fix | None, float]:
-    """The fix at ``t`` and its age (distance to the nearer fix used); (None, inf) with no fix at all."""
-    if before is not None and after is not None and after.t - before.t <= max_gap_s and after.t > before.t:
+def extrapolate(prev: Fix, last: Fix, t: float) -> Fix:
+    """Past the newest fix by at most one fix interval: on along the last two fixes' line.
+
+    A live frame is looked up when it is published, a few tens of ms after capture, usually before
+    the receiver's next fix has arrived: without this the frame would get the last fix, snapped.
+    """
+    w = (t - prev.t) / (last.t - prev.t)
+    return Fix(t, prev.lat + w * (last.lat - prev.lat), prev.lon + w * (last.lon - prev.lon),
+               _lerp(prev.alt_m, last.alt_m, w), last.speed_mps, last.heading_deg, last.quality, last.satellites)
+
+
+def interpolate(before: Fix | None, after: Fix | None, t: float, max_gap_s: float,
+                prev: Fix | None = None) -> tuple[Fix | None, float]:
+    """The fix at ``t`` and its age (distance to the nearer fix used); (None, inf) with no fix at all.
+
+    With ``prev`` (the fix before ``before``) and nothing after ``t`` yet, a time within one fix
+    interval past ``before`` is extrapolated (see :func:`extrapolate`).
+    """
+    if (after is None and before is not None and prev is not None and 0 < before.t - prev.t <= max_gap_s
+            and t - before.t <= before.t - prev.t and prev.segment == before.segment):
+        return extrapolate(prev, before, t), t - before.t
+    if (before is not None and after is not None and after.t - before.t <= max_gap_s and after.t > before.t
+            and before.segment == after.segment):
         w = (t - before.t) / (after.t - before.t)
         head = None
         if before.heading_deg is not None and after.heading_deg is not None:
@@ -265,6 +288,7 @@ class PositionSource:
         self.satellites: int | None = None
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
+        self.segment = 0
 
     def start(self) -> None:
         if self.live:
@@ -287,6 +311,7 @@ class PositionSource:
         pass
 
     def add(self, fix: Fix) -> None:
+        fix.segment = self.segment
         self.ring.add(fix)
         self.fixes += 1
         if fix.satellites is not None:
@@ -299,8 +324,8 @@ class PositionSource:
     def at(self, t_capture: float) -> dict[str, Any]:
         """The ``position`` header field for a frame captured at ``t_capture`` (never blocks for long)."""
         t = self.frame_time(t_capture)
-        before, after = self.ring.around(t)
-        fix, age = interpolate(before, after, t, self.max_gap_s)
+        prev, before, after = self.ring.around(t)
+        fix, age = interpolate(before, after, t, self.max_gap_s, prev if self.live else None)
         reason = ""
         if fix is None:
             reason = "disconnected" if self.state == "disconnected" else "no_data"
@@ -314,7 +339,7 @@ class PositionSource:
                        age_s=_r(age, 3) if fix is not None else None)
             return out
         out.update(lat=_r(fix.lat, 8), lon=_r(fix.lon, 8), alt_m=_r(fix.alt_m, 2), speed_mps=_r(fix.speed_mps, 3),
-                   heading_deg=_r(fix.heading_deg, 2) if fix.heading_deg is None else round(fix.heading_deg, 2) % 360.0,
+                   heading_deg=None if fix.heading_deg is None else round(fix.heading_deg, 2) % 360.0,
                    quality=fix.quality, age_s=_r(age, 3))
         return out
 
@@ -398,6 +423,7 @@ class GpsdSource(PositionSource):
             s.settimeout(1.0)
             s.sendall(b'?WATCH={"enable":true,"json":true}\n')
             log.info("event=gpsd_connected host=%s port=%d", self.host, self.port)
+            self.segment += 1
             if self.state == "disconnected":
                 self.state = "no_fix"
             buf = b""
@@ -482,6 +508,7 @@ class NmeaSerialSource(PositionSource):
             try:
                 with self._open() as f:
                     self.state = "no_fix"
+                    self.segment += 1
                     self._read(f)
             except (OSError, ValueError) as e:
                 self.last_error = f"{self.device}: {getattr(e, 'strerror', None) or e}"

@@ -66,6 +66,17 @@ def test_interpolation_is_linear_and_heading_goes_round_the_circle():
     assert interpolate(None, None, 1.0, 5) == (None, math.inf)
 
 
+def test_a_live_frame_past_the_newest_fix_goes_on_along_the_last_two():
+    p, b = Fix(100.0, 48.0, 11.0, 500.0, 10.0, 0.0), Fix(101.0, 48.001, 11.0, 501.0, 10.0, 0.0)
+    f, age = interpolate(b, None, 101.4, 5, prev=p)
+    assert (f.lat, f.alt_m) == pytest.approx((48.0014, 501.4)) and age == pytest.approx(0.4)
+    f, age = interpolate(b, None, 103.0, 5, prev=p)   # beyond one interval: the last fix, aged
+    assert f is b and age == pytest.approx(2.0)
+    b2 = Fix(101.0, 48.001, 11.0, 501.0, segment=1)  # after a reconnect: no line across the gap
+    assert interpolate(b2, None, 101.4, 5, prev=p)[0] is b2
+    assert interpolate(p, b2, 100.9, 5)[0] is b2
+
+
 def test_ring_is_bounded_and_a_jump_back_in_time_starts_it_again():
     r = FixRing(maxlen=10)
     for i in range(25):
@@ -73,8 +84,8 @@ def test_ring_is_bounded_and_a_jump_back_in_time_starts_it_again():
     assert r.span() == (15.0, 24.0)
     r.add(Fix(3.0, 0, 0))
     assert r.span() == (3.0, 3.0)
-    b, a = r.around(2.0)
-    assert b is None and a.t == 3.0
+    p, b, a = r.around(2.0)
+    assert p is b is None and a.t == 3.0
 
 
 def cfg(**kw) -> PositionConfig:
