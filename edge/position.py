@@ -517,9 +517,12 @@ class NmeaSerialSource(PositionSource):
 
     def _read(self, f: Any) -> None:
         buf = b""
+        is_serial = hasattr(f, "in_waiting")  # pyserial: an empty read is its timeout, not the end
         while not self.stop_event.is_set():
-            chunk = f.read(256) if not hasattr(f, "readline") or hasattr(f, "in_waiting") else f.readline(MAX_LINE)
+            chunk = f.read(256) if is_serial else f.readline(MAX_LINE)
             if not chunk:
+                if is_serial:
+                    continue
                 self.last_error = f"{self.device}: end of data"
                 return
             buf += chunk

@@ -218,3 +218,39 @@ def test_exif_folder_is_a_log_on_the_photos_clock(tmp_path):
     assert src.at(500.0)["lat"] == pytest.approx(track(0)[0], abs=1e-6)
     h = src.at(503.0)
     assert h["lat"] == pytest.approx(track(3)[0], abs=1e-6) and h["age_s"] == pytest.approx(1.0)
+
+
+def test_nmea_serial_reads_a_device_of_lines_and_reopens_it(tmp_path):
+    """A FIFO stands in for the receiver's tty (same file semantics); its writer closing is an unplug."""
+    import os
+    from edge.position import NmeaSerialSource
+
+    fifo = tmp_path / "ttyGPS"
+    os.mkfifo(fifo)
+    src = NmeaSerialSource(str(fifo), reconnect_min_s=0.05, reconnect_max_s=0.1, stale_s=5.0)
+    src.start()
+    try:
+        for round_ in range(2):
+            with open(fifo, "w", encoding="latin-1") as w:
+                for s in range(3):
+                    w.write("\r\n".join(epoch_sentences(float(s)) + ["$GPGGA,x*00", "\x00junk"]) + "\r\n")
+                    w.flush()
+            end = time.monotonic() + 10
+            while src.fixes < 6 * (round_ + 1) and time.monotonic() < end:
+                time.sleep(0.02)
+            assert src.fixes == 6 * (round_ + 1), src.status()
+            end = time.monotonic() + 10
+            while src.status()["state"] != "disconnected" and time.monotonic() < end:
+                time.sleep(0.02)
+            assert src.status()["last_error"].endswith("end of data")
+        assert src.parser.counts["bad_checksum"] == 6 and src.parser.counts["garbage"] == 6
+        h = src.at(time.time())
+        assert h["fix"] and h["source"] == "nmea-serial" and h["lat"] == pytest.approx(track(2.0)[0], abs=1e-7)
+    finally:
+        src.stop_event.set()
+        try:  # wake the reader waiting in open() for a writer, so that its thread ends
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        src.stop(2.0)
+        assert not src.thread.is_alive()
