@@ -289,6 +289,7 @@ class PositionSource:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.segment = 0
+        self.heard = False           # the receiver has said something (a no-fix report included)
 
     def start(self) -> None:
         if self.live:
@@ -328,7 +329,7 @@ class PositionSource:
         fix, age = interpolate(before, after, t, self.max_gap_s, prev if self.live else None)
         reason = ""
         if fix is None:
-            reason = "disconnected" if self.state == "disconnected" else "no_data"
+            reason = "disconnected" if self.state == "disconnected" else ("no_fix" if self.heard else "no_data")
         elif not self.live and (before is None or after is None) and age > self.stale_s:
             reason = "out_of_log"
         elif age > self.stale_s:
@@ -459,6 +460,7 @@ class GpsdSource(PositionSource):
             if isinstance(used, int):
                 self.satellites = used
         elif cls == "TPV":
+            self.heard = True
             self._tpv(msg)
 
     def _tpv(self, m: dict[str, Any]) -> None:
@@ -530,6 +532,7 @@ class NmeaSerialSource(PositionSource):
             buf = buf[-MAX_LINE:]
             for line in lines:
                 fix = self.parser.feed(line, stamp=time.time())
+                self.heard = self.heard or self.parser.counts["sentences"] > 0
                 if fix is not None:
                     self.backoff.reset()
                     self.add(fix)

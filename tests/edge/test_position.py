@@ -254,3 +254,21 @@ def test_nmea_serial_reads_a_device_of_lines_and_reopens_it(tmp_path):
             pass
         src.stop(2.0)
         assert not src.thread.is_alive()
+
+
+def test_no_fix_reasons_of_a_live_source():
+    from edge.position import GpsdSource
+
+    src = GpsdSource("127.0.0.1", 1)          # never started: nothing heard
+    assert src.at(time.time())["reason"] == "disconnected"
+    src.state = "no_fix"
+    assert src.at(time.time())["reason"] == "no_data"
+    src._line(b'{"class":"TPV","mode":1}')     # gpsd connected, receiver without a fix
+    h = src.at(time.time())
+    assert (h["fix"], h["reason"], h["quality"], h["age_s"]) == (False, "no_fix", "none", None)
+    src._line(b'{"class":"SKY","uSat":7}')
+    src._line(b'{"class":"TPV","mode":3,"lat":48.1,"lon":11.5,"altMSL":500.0,"speed":3.0,"track":359.9}')
+    src._line(b'not json')
+    h = src.at(time.time())
+    assert h["fix"] and h["quality"] == "3d" and h["alt_m"] == 500.0 and h["heading_deg"] == 359.9
+    assert src.status()["satellites"] == 7 and src.counts["garbage"] == 1
