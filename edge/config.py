@@ -196,6 +196,29 @@ class RecordConfig(Section):
         return self.directory
 
 
+class PositionConfig(Section):
+    kind: Literal["none", "gpsd", "nmea-serial", "nmea-log", "gpx-log", "exif", "fixed"] = Field("none", description=(
+        "Where positions come from: gpsd, a serial NMEA receiver, an NMEA or GPX log aligned by time, the GPS "
+        "tags of the photos of a folder source, a fixed position, or none (no position field)"))
+    host: str = Field("127.0.0.1", description="gpsd's host")
+    port: int = Field(2947, ge=1, le=65535, description="gpsd's TCP port")
+    device: str | None = Field(None, description="nmea-serial: the receiver's device, e.g. /dev/ttyACM0")
+    baud: int = Field(9600, ge=300, le=921600, description="nmea-serial: baud rate (set when pyserial is installed)")
+    path: Path | None = Field(None, description="nmea-log / gpx-log: the log file")
+    start_time: Union[float, str, None] = Field(None, description=(
+        "Logs: the time of the video's first frame on the log's clock, ISO 8601 or epoch seconds (default: the "
+        "video file's mtime; exif: the first photo's time)"))
+    offset_s: float = Field(0.0, description="Logs and photos: added to every frame time to line the log up")
+    lat: float | None = Field(None, ge=-90, le=90, description="fixed: latitude, degrees WGS84")
+    lon: float | None = Field(None, ge=-180, le=180, description="fixed: longitude, degrees WGS84")
+    alt_m: float | None = Field(None, description="fixed: altitude, m")
+    heading_deg: float | None = Field(None, ge=0, lt=360, description="fixed: heading, degrees clockwise from north")
+    stale_s: float = Field(2.0, gt=0, description="A frame further than this from the nearest fix has no position")
+    max_gap_s: float = Field(5.0, gt=0, description="Fixes further apart than this are not interpolated between")
+    reconnect_min_s: float = Field(0.5, gt=0, description="gpsd / serial: first wait before reconnecting")
+    reconnect_max_s: float = Field(5.0, gt=0, description="gpsd / serial: longest wait between attempts (doubling)")
+
+
 class PipelineConfig(Section):
     max_frames: int = Field(0, ge=0, description="Stop after publishing this many masks (0: never; for tests and benchmarks)")
     queue_size: int = Field(4, ge=1, le=256, description="Inferred frames waiting to be published (oldest dropped when full in latest mode)")
@@ -249,6 +272,7 @@ class EdgeConfig(BaseSettings):
     record: RecordConfig = Field(default_factory=RecordConfig, description="Local 'nothing lost' recordings")
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Threads, queues and stopping")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="CurveZMQ keys of the PUB socket")
+    position: PositionConfig = Field(default_factory=PositionConfig, description="Where the vehicle is (GPS)")
 
     @field_validator("vehicle_id")
     @classmethod

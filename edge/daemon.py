@@ -52,6 +52,7 @@ class Daemon:
         self.next_watchdog = 0.0
         self.watchdog_held = False
         self.capture_started = False
+        self.position: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -94,10 +95,14 @@ class Daemon:
         model = loader.load_model(cfg)
         self.backend = model.backend
         self.model_sha256, self.size = model.sha256, model.size
+        self.position = loader.open_position_source(cfg)
         recorder = loader.open_recorder(cfg)
         self.ctx, self.sock = loader.open_publisher(cfg, self.security)
         every = loader.every_frame(cfg, spec)
-        self.pipeline = loader.build_pipeline(cfg, model, self.sock, self.run_id, every=every, recorder=recorder)
+        self.pipeline = loader.build_pipeline(cfg, model, self.sock, self.run_id, every=every, recorder=recorder,
+                                              position=self.position)
+        if self.position is not None:
+            self.position.start()
         self.supervisor = SourceSupervisor(spec, cfg.source, self.pipeline.put_frame)
         self.pipeline.start()
         self.state = "running"
@@ -208,6 +213,7 @@ class Daemon:
             "stages_ms": p.times.summary(),
             "record": {"enabled": self.cfg.record.enabled, "active": p.recorder is not None,
                        "errors": p.counters.record_errors},
+            **({"position": self.position.status()} if self.position is not None else {}),
         }
 
     @staticmethod
@@ -224,6 +230,8 @@ class Daemon:
         systemd.notify("STOPPING=1\nSTATUS=stopping")
         if self.supervisor is not None:
             self.supervisor.stop(timeout=1.0)
+        if self.position is not None:
+            self.position.stop(timeout=1.0)
         p = self.pipeline
         if p is not None:
             deadline = time.monotonic() + (0.0 if self.force_exit else self.cfg.pipeline.drain_timeout_s)

@@ -347,9 +347,19 @@ def every_frame(cfg: EdgeConfig, spec: Any) -> bool:
     return cfg.source.mode == "every" or (cfg.source.mode == "auto" and not spec.live)
 
 
+def open_position_source(cfg: EdgeConfig) -> Any:
+    """The configured position source (None for none); a bad log or setting stops start-up with 78."""
+    from edge.position import PositionError, open_position
+
+    try:
+        return open_position(cfg.position, cfg.source.uri)
+    except PositionError as e:
+        raise StartupError(str(e), exits.CONFIG) from None
+
+
 def build_pipeline(cfg: EdgeConfig, model: LoadedModel, sock: Any, run_id: str, *, every: bool,
                    recorder: Any = None, max_frames: int | None = None,
-                   wait_subscriber_s: float | None = None) -> Any:
+                   wait_subscriber_s: float | None = None, position: Any = None) -> Any:
     """The daemon's Pipeline on ``sock``; bench passes its own frame count and subscriber wait."""
     from edge.pipeline import Pipeline, PipelineIdentity
 
@@ -358,4 +368,5 @@ def build_pipeline(cfg: EdgeConfig, model: LoadedModel, sock: Any, run_id: str, 
     return Pipeline(model.backend, model.preprocessor(), sock, ident, every_frame=every,
                     queue_size=cfg.pipeline.queue_size,
                     max_frames=cfg.pipeline.max_frames if max_frames is None else max_frames, recorder=recorder,
-                    wait_subscriber_s=cfg.publish.wait_subscriber_s if wait_subscriber_s is None else wait_subscriber_s)
+                    wait_subscriber_s=cfg.publish.wait_subscriber_s if wait_subscriber_s is None else wait_subscriber_s,
+                    position=position)

@@ -127,8 +127,9 @@ class Pipeline:
 
     def __init__(self, backend: Any, pre: Preprocessor, socket: zmq.Socket, ident: PipelineIdentity, *,
                  every_frame: bool, queue_size: int, max_frames: int = 0, recorder: Any = None,
-                 wait_subscriber_s: float = 0.0) -> None:
+                 wait_subscriber_s: float = 0.0, position: Any = None) -> None:
         self.backend = backend
+        self.position = position  # edge.position.PositionSource or None: its at() never blocks
         self.pre = pre
         self.socket = socket
         self.ident = ident
@@ -368,6 +369,8 @@ class Pipeline:
             # viewer needs this to show the picture with the road's true proportions.
             "frame_width": int(item.captured.image.shape[1]), "frame_height": int(item.captured.image.shape[0]),
         }
+        if self.position is not None:
+            header["position"] = self.position.at(item.captured.t_capture)
         frames = wire.encode_mask(header, png, jpeg)
         t2 = time.perf_counter()
         self.seq["mask"] += 1  # a gap in seq tells a viewer a message was lost after this point
