@@ -129,7 +129,37 @@ def main(argv: list[str] | None = None) -> int:
     if pictures:
         print(f"  pictures                   {len(pictures)} PNGs in {out / 'frames'} (last: {pictures[-1].name})")
     print(f"  recording                  {out / 'recording'} (replay: crack-viewer replay {out / 'recording'} --bind tcp://127.0.0.1:5556)")
+    report(out)
     return 0 if figures.get("frames") else 1
+
+
+def has_positions(recording: Path) -> bool:
+    """True when some mask header carries a position with a fix (the daemon's position source)."""
+    from edge import wire
+    from edge.recording import read_records
+
+    for rec in read_records(recording):
+        try:
+            kind, _, header = wire.decode_header(rec.frames)
+        except wire.WireError:
+            continue
+        if kind == "mask" and (header.get("position") or {}).get("fix"):
+            return True
+    return False
+
+
+def report(out: Path) -> None:
+    """The inspection report of the demo drive, when the daemon put positions in the headers
+    (edge/demo/crackforest.gpx through [position] kind = "gpx-log"); else say why there is none."""
+    if not has_positions(out / "recording"):
+        print("  report                     skipped: the recording has no positions "
+              "(needs the daemon's [position] gpx-log source with edge/demo/crackforest.gpx)")
+        return
+    code = subprocess.call([str(BIN / "crack-viewer"), "report", str(out / "recording"), "--out", str(out / "report")],
+                           stdout=(out / "report.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    where = out / "report" / "index.html"
+    print(f"  report                     {where} (open it in a browser)" if code == 0
+          else f"  report                     failed with status {code}; see {out / 'report.log'}")
 
 
 if __name__ == "__main__":

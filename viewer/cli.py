@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--repair", metavar="OUT", help="write every good record into the new recording folder OUT")
     v.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="WARNING")
 
+    rp = sub.add_parser("report", help="inspection report: segments, GeoJSON, CSV, chart, offline HTML map")
+    rp.add_argument("recordings", nargs="+", metavar="RECORDING", help="recording folders or .crec files")
+    rp.add_argument("--out", required=True, metavar="DIR", help="report folder")
+    rp.add_argument("--segment-m", type=float, default=10.0, metavar="M", help="segment length (default 10)")
+
     b = sub.add_parser("bench", help="decode throughput on one core (messages/s)")
     b.add_argument("--seconds", type=float, default=2.0, help="seconds per case")
     return parser
@@ -120,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench_main(args.seconds)
     if args.command == "verify":
         return _verify(args)
+
+    if args.command == "report":
+        from viewer.report.cli import run_report
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        try:
+            return run_report(args.recordings, args.out, args.segment_m)
+        except KeyboardInterrupt:
+            return 130
 
     from viewer.config import ConfigError, load_config
 
