@@ -244,8 +244,7 @@ class Pipeline:
                 t1 = time.perf_counter()
                 out = self.backend.infer(tensor)
                 t2 = time.perf_counter()
-                h, w = seen.shape[:2]
-                prob = out[0, 0, :h, :w]  # crop the padding of 'native' size
+                prob = pre.crop(out, seen)  # cut off the padding of 'native' size
                 self.times.add("preprocess", t1 - t0)
                 self.times.add("infer", t2 - t1)
                 # The preprocessor reuses its buffer: keep a copy of what the model saw.

@@ -1,7 +1,9 @@
 """Pre-processing as the model card says, thresholding, and the crack measures.
 
 Everything runs at inference resolution on buffers allocated once per size: on a 2-core box
-the runtime needs the cores, so these steps must stay a few milliseconds.
+the runtime needs the cores, so these steps must stay a few milliseconds.  The frame the model
+sees is made in :mod:`models.preprocess` (the trainer's eval, validation and INT8 guard use the
+same code), re-exported here as the daemon's ``Preprocessor``.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from models.card import ModelCard
+from models.preprocess import Preprocessor, padded
+
+__all__ = ["CrackMeasures", "Preprocessor", "padded", "threshold", "skeleton_length", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -22,86 +26,6 @@ class CrackMeasures:
     count: int            # 8-connected regions of at least min_component_px pixels
     length_px: float      # pixels of their 1-pixel-wide skeleton
     max_width_px: float   # 2 * max(distance to background) - 1
-
-
-def padded(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-class Preprocessor:
-    """BGR uint8 frame -> float32 [1,3,H,W] normalised as the card says (one buffer per size).
-
-    ``size`` is (H, W) to resize to, or "native": the frame's own size, zero-padded on the right
-    and bottom to the card's ``size_multiple``; ``valid`` then says what to crop the output to.
-    A native frame whose longest side exceeds ``max_side`` is first scaled down to it (counted in
-    :attr:`downscaled`, logged once), so no photo or camera mode can exhaust memory.
-    """
-
-    def __init__(self, card: ModelCard, size: tuple[int, int] | str, max_side: int | None = None) -> None:
-        self.card = card
-        self.size = size
-        self.max_side = max_side
-        self.downscaled = 0
-        self.swap_rb = card.channel_order == "RGB"
-        std = np.asarray(card.std, np.float32)
-        self.scale = (1.0 / std).reshape(3, 1, 1)
-        self.offset = (-np.asarray(card.mean, np.float32) / std).reshape(3, 1, 1)
-        self._tensor: np.ndarray | None = None
-        self._resized: np.ndarray | None = None
-
-    def clone(self) -> "Preprocessor":
-        """Same card and size, buffers of its own (one per inference thread)."""
-        return Preprocessor(self.card, self.size, self.max_side)
-
-    def bounded(self, frame: np.ndarray) -> np.ndarray:
-        """``frame``, or a copy scaled down so that its longest side is ``max_side``."""
-        fh, fw = frame.shape[:2]
-        if self.max_side is None or max(fh, fw) <= self.max_side:
-            return frame
-        scale = self.max_side / max(fh, fw)
-        w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
-        if not self.downscaled:
-            log.warning("event=frame_downscaled from=%dx%d to=%dx%d max_side=%d (model.max_side; counted as "
-                        "drops.downscaled, logged once)", fw, fh, w, h, self.max_side)
-        self.downscaled += 1
-        return cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-
-    def output_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
-        """(H, W) of the mask for a frame of this size."""
-        return frame_hw if self.size == "native" else self.size  # type: ignore[return-value]
-
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (tensor [1,3,Hp,Wp], the BGR image the model saw, at mask size)."""
-        if frame.ndim == 2:
-            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        elif frame.shape[2] == 4:
-            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
-        fh, fw = frame.shape[:2]
-        if self.size == "native":
-            frame = self.bounded(frame)
-            fh, fw = frame.shape[:2]
-            h, w = fh, fw
-            ph, pw = padded(h, self.card.size_multiple), padded(w, self.card.size_multiple)
-            seen = frame
-        else:
-            h, w = self.size  # type: ignore[misc]
-            ph, pw = h, w
-            if (fh, fw) == (h, w):
-                seen = frame
-            else:
-                if self._resized is None or self._resized.shape[:2] != (h, w):
-                    self._resized = np.empty((h, w, 3), np.uint8)
-                # INTER_AREA when shrinking keeps thin cracks visible; LINEAR is cheaper when enlarging.
-                interp = cv2.INTER_AREA if fh > h or fw > w else cv2.INTER_LINEAR
-                seen = cv2.resize(frame, (w, h), dst=self._resized, interpolation=interp)
-        if self._tensor is None or self._tensor.shape[2:] != (ph, pw):
-            self._tensor = np.zeros((1, 3, ph, pw), np.float32)  # padding stays zero
-        src = seen[:, :, ::-1] if self.swap_rb else seen
-        view = self._tensor[0, :, :h, :w]
-        # uint8 HWC -> float32 CHW in place: (x - mean) / std == x * scale + offset
-        np.multiply(src.transpose(2, 0, 1), self.scale, out=view, casting="unsafe")
-        view += self.offset
-        return self._tensor, seen
 
 
 def threshold(prob: np.ndarray, thr: float) -> np.ndarray:

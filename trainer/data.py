@@ -20,14 +20,15 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from models.preprocess import InputSpec, padded
+from models.preprocess import normalise as _normalise
+from models.registry import DEFAULT_VARIANT, variant_defaults
 from trainer.errors import ConfigError, DataError, MissingInput
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VAL_ALIASES = ("val", "valid", "validation")
-MEAN = 127.5
-STD = 127.5
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,6 @@ class DataSpec:
 
     def __str__(self) -> str:
         return f"{self.root}:{self.split}@{self.weight:g}"
-
-
-def pad_to_multiple(h: int, w: int, m: int = 4) -> tuple[int, int]:
-    return (h + m - 1) // m * m, (w + m - 1) // m * m
 
 
 def _pairs_in(folder: Path, dataset: str, names: Sequence[str] | None = None) -> list[Pair]:
@@ -179,9 +176,13 @@ def dilate(mask: np.ndarray, kernel: int, iterations: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k, iterations=iterations) > 0
 
 
-def normalise(bgr: np.ndarray) -> np.ndarray:
-    """HxWx3 uint8 BGR -> 3xHxW float32 in [-1, 1], the model contract's normalisation."""
-    return ((bgr.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1).copy()
+def normalise(bgr: np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
+    """HxWx3 uint8 BGR -> 3xHxW float32 as ``spec`` says (default: the default variant's registry entry).
+
+    A thin user of :func:`models.preprocess.normalise`, kept for trainer/engine.py and
+    tools/ablation.py until they feed frames through :class:`models.preprocess.Preprocessor`.
+    """
+    return _normalise(bgr, spec or variant_defaults(DEFAULT_VARIANT))
 
 
 @dataclass
@@ -194,6 +195,8 @@ class CropConfig:
     dilate_kernel: int = 3
     dilate_iterations: int = 0
     augment: bool = True
+    # Channel order and normalisation of the variant being trained (its registry entry).
+    spec: InputSpec = field(default_factory=lambda: variant_defaults(DEFAULT_VARIANT))
     extra: dict = field(default_factory=dict)
 
 
@@ -213,7 +216,7 @@ class CropDataset:
 
         self._augment = photometric_and_flip
         if cfg.crop % 4:
-            raise ConfigError(f"crop {cfg.crop} is not a multiple of 4 (try {pad_to_multiple(cfg.crop, cfg.crop)[0]})")
+            raise ConfigError(f"crop {cfg.crop} is not a multiple of 4 (try {padded(cfg.crop, 4)})")
         self.cfg = cfg
         self.samples_per_epoch = int(samples_per_epoch)
         self.seed = seed
@@ -253,7 +256,7 @@ class CropDataset:
         img, target, soft = self._crop(rng, img, target, soft)
         if self.cfg.augment:
             img, target, soft = self._augment(rng, img, target, soft)
-        out = {"image": normalise(img), "target": target[None].astype(np.float32)}
+        out = {"image": _normalise(img, self.cfg.spec), "target": target[None].astype(np.float32)}
         if soft is not None:
             out["soft"] = soft.transpose(2, 0, 1).astype(np.float32).copy()
         return out

@@ -1,7 +1,8 @@
 """``crack-train eval``: judge a checkpoint or an ONNX file on one split, as the daemon runs it.
 
-Each image is predicted whole (``resize`` to the model's input size and back, or ``native`` size
-padded to a multiple of 4), and every metric of :mod:`trainer.metrics` is accumulated at the
+Each image is predicted whole, through the daemon's own pre-processing (:mod:`models.preprocess`:
+``resize`` to the model's input size and back, or ``native`` size padded to the card's size
+multiple), with the card's (or, for a checkpoint, its variant's) channel order and normalisation, and every metric of :mod:`trainer.metrics` is accumulated at the
 original size against the raw ground truth.  Writes ``report.json``, overlays of the worst images
 (green: found crack, red: false alarm, blue: missed crack) and ``figure.png`` (photo | ground truth |
 prediction for a few images spread from worst to best).
@@ -22,9 +23,10 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from trainer.data import VAL_ALIASES, Pair, list_pairs, pad_to_multiple, read_pair
+from models.preprocess import InputSpec, Preprocessor, padded_size, predict_frame
+from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
 from trainer.errors import ConfigError, MissingInput
-from trainer.inference import OnnxPredictor, TorchPredictor, predict_image
+from trainer.inference import OnnxPredictor, TorchPredictor, frame_size
 from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
 from trainer.progress import Progress
 
@@ -39,6 +41,7 @@ class LoadedModel:
     threshold: float
     threshold_source: str
     sha256: str
+    spec: InputSpec  # channel order, normalisation and size multiple: the card's or the variant's
 
 
 def load_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> LoadedModel:
@@ -50,7 +53,7 @@ def load_model(path: str | Path, device: str = "cpu", threads: int | None = None
         raise MissingInput(f"{path}: model not found")
     if path.suffix == ".onnx":
         p = OnnxPredictor(path, threads)
-        return LoadedModel(p, "onnx", tuple(p.card.input_size), p.card.threshold, "card", sha256_file(path))
+        return LoadedModel(p, "onnx", tuple(p.card.input_size), p.card.threshold, "card", sha256_file(path), p.card)
     from models import variant_defaults
     from trainer.labels import load_checkpoint
 
@@ -59,23 +62,24 @@ def load_model(path: str | Path, device: str = "cpu", threads: int | None = None
 
         torch.set_num_threads(threads)
     net, meta = load_checkpoint(path, device)
-    thr = float(meta.get("val", {}).get("val_threshold", 0.5))
+    defaults = variant_defaults(meta["arch"])
+    thr = float(meta.get("val", {}).get("val_threshold", defaults.threshold))
     return LoadedModel(TorchPredictor(net, device, meta.get("deploy_temperature", 1.0)), "checkpoint",
-                       tuple(variant_defaults(meta["arch"]).input_size), thr, "training validation",
-                       sha256_file(path))
+                       tuple(defaults.input_size), thr, "training validation", sha256_file(path), defaults)
 
 
-def score(predict, pairs: Sequence[Pair], mode: str, size: tuple[int, int],
+def score(predict, pairs: Sequence[Pair], spec: InputSpec, mode: str, size: tuple[int, int],
           thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[MetricSet, dict[str, np.ndarray], float]:
     """Accumulate metrics over ``pairs``; returns (metrics, probability maps by name, ms per image)."""
     ms = MetricSet(thresholds=thresholds)
+    pre = Preprocessor(spec, frame_size(mode, size))
     probs: dict[str, np.ndarray] = {}
     elapsed = 0.0
     bar = Progress(len(pairs), "eval", unit="images")  # Crack500's 400 crops take a minute on a CPU
     for i, pair in enumerate(pairs, 1):
         img, gt = read_pair(pair)
         t0 = time.perf_counter()
-        prob = predict_image(predict, img, mode, size)
+        prob = predict_frame(predict, img, spec, pre.size, pre)
         elapsed += time.perf_counter() - t0
         ms.update(prob, gt, pair.name)
         probs[pair.name] = prob
@@ -133,7 +137,7 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
     thresholds = sorted(set(DEFAULT_THRESHOLDS) | ({round(threshold, 4)} if threshold is not None else set())
                         | {round(m.threshold, 4)})
     log.info("event=eval model=%s data=%s split=%s images=%d mode=%s", model, data, split, len(pairs), mode)
-    ms, probs, ms_per_image = score(m.predict, pairs, mode, m.input_size, thresholds)
+    ms, probs, ms_per_image = score(m.predict, pairs, m.spec, mode, m.input_size, thresholds)
     if threshold is not None:
         thr, source = round(threshold, 4), "flag"
     elif pick_threshold:
@@ -160,13 +164,13 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
         cv2.imwrite(str(out_dir / "figure.png"), np.vstack(_fit_width(rows)))
     report = {
         "model": str(model), "model_sha256": m.sha256, "kind": m.kind, "data": str(data), "split": split,
-        "images": len(pairs), "mode": mode, "input_size": list(m.input_size) if mode == "resize" else "native/4",
+        "images": len(pairs), "mode": mode, "input_size": list(m.input_size) if mode == "resize" else f"native/{m.spec.size_multiple}",
         "threshold": thr, "threshold_source": source, "metrics": summary,
         "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),
         "per_image": [r.__dict__ for r in per_image], "worst": [r.name for r in worst_rows],
         # The [H, W] the model ran at: what a card's validated_sizes records.
         "sizes": ([list(m.input_size)] if mode == "resize"
-                  else sorted({pad_to_multiple(*p.shape[:2], 4) for p in probs.values()})),
+                  else sorted({padded_size(*p.shape[:2], m.spec.size_multiple) for p in probs.values()})),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if write_card:

@@ -1,13 +1,13 @@
 """``crack-train export``: a checkpoint's deploy output to ONNX, checked, with its model card.
 
-The ONNX file follows the model contract: input ``image`` float32 [N,3,H,W] (BGR, (x-127.5)/127.5),
-output ``crack_prob`` float32 [N,1,H,W], N, H and W dynamic (H, W multiples of 4), opset 17.  The
-deploy output is ``softmax(mix / t_real)``'s crack channel, t_real from the checkpoint.  The same
-facts are written into the ONNX metadata, so a runtime can read them without the card.
+The ONNX file follows the model contract: input ``image`` float32 [N,3,H,W] (channel order and
+normalisation from the variant's registry entry: BGR, (x-127.5)/127.5), output ``crack_prob`` float32
+[N,1,H,W], N, H and W dynamic (H, W multiples of the size multiple), opset 17.  The deploy output is
+``softmax(mix / t_real)``'s crack channel, t_real from the checkpoint.  The whole card is written into
+the ONNX metadata as well as beside it (``models.card.write_card``), so a runtime can run the file alone.
 """
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -73,13 +73,12 @@ def export_untrained(path: str | Path, arch: str = "student", input_size: tuple[
     import torch
 
     from models import create_model
-    from models.card import ModelCard, sha256_file, write_card
+    from models.card import ModelCard, write_card
     from models.mcff import DeployHead
 
     torch.manual_seed(seed)
     path = write_onnx(DeployHead(create_model(arch)).eval(), path)
-    write_card(ModelCard(name=name or f"{arch}-random", input_size=input_size, threshold=threshold,
-                         sha256=sha256_file(path)), path)
+    write_card(ModelCard(name=name or f"{arch}-random", arch=arch, input_size=input_size, threshold=threshold), path)
     return path
 
 
@@ -104,21 +103,16 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
     head = DeployHead(net, meta.get("deploy_temperature", 1.0)).eval()
     defaults = variant_defaults(meta["arch"])
     size = tuple(input_size or defaults.input_size)
-    if size[0] % 4 or size[1] % 4:
-        raise ExportError(f"input size {size[0]}x{size[1]} is not a multiple of 4")
+    m = defaults.size_multiple
+    if size[0] % m or size[1] % m:
+        raise ExportError(f"input size {size[0]}x{size[1]} is not a multiple of {m}")
     write_onnx(head, out)
     if threshold is None:
-        threshold = float(meta.get("val", {}).get("val_threshold", 0.5))
+        threshold = float(meta.get("val", {}).get("val_threshold", defaults.threshold))
         threshold_source = "picked on validation during training"
     else:
         threshold_source = "given to export"
-    model = onnx.load(str(out))
-    onnx.checker.check_model(model)
-    info = {"input_size": list(size), "channel_order": defaults.channel_order,
-            "mean": list(defaults.mean), "std": list(defaults.std), "threshold": threshold, "arch": meta["arch"]}
-    for k, v in info.items():
-        model.metadata_props.add(key=k, value=json.dumps(v))
-    onnx.save(model, str(out))
+    onnx.checker.check_model(onnx.load(str(out)))
     h, w = parity_size or size
     diff = parity(head, out, [(1, 3, h, w), (2, 3, 96, 128)])
     print(f"parity PyTorch vs ONNX Runtime: max abs diff {diff:.2e} (inputs 1x3x{h}x{w}, 2x3x96x128)")
@@ -136,10 +130,9 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
                     recipe={k: settings[k] for k in ("optimizer", "lr", "batch_size", "crop", "samples_per_epoch",
                                                      "scale_min", "scale_max", "max_aspect", "dilate_kernel",
                                                      "dilate_iterations", "augment", "epochs") if k in settings})
-    card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=size,
-                     channel_order=defaults.channel_order, mean=defaults.mean, std=defaults.std,
-                     threshold=threshold, params=prof["params"], gflops=prof["gflops"], sha256=sha256_file(out),
-                     training=training, parity_max_abs_diff=diff, opset=OPSET)
+    card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=size, threshold=threshold,
+                     params=prof["params"], gflops=prof["gflops"], training=training,
+                     parity_max_abs_diff=diff, opset=OPSET)  # the rest: the variant's defaults
     path = write_card(card, out)
     log.info("event=export onnx=%s card=%s params=%d gflops=%.1f parity=%.2e threshold=%.2f",
              out, path, prof["params"], prof["gflops"], diff, threshold)

@@ -2,41 +2,40 @@
 
 Two ways to feed a frame: ``resize`` (to the card's input size, e.g. 448x448, aspect distorted, as
 the daemon does by default; the probability map is resized back to the frame's size) and ``native``
-(the frame's own size, padded at the bottom and right to a multiple of 4 by repeating the edge; the
-padding is cut off again).  Predictors take a normalised float32 [N,3,H,W] batch and return the
-crack probability [N,1,H,W]: the same contract as the ONNX file.
+(the frame's own size, padded at the bottom and right to the card's size multiple; the padding is cut
+off again).  Both are :mod:`models.preprocess`, the daemon's own code.  Predictors take a normalised
+float32 [N,3,H,W] batch and return the crack probability [N,1,H,W]: the same contract as the ONNX file.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable, Protocol
 
-import cv2
 import numpy as np
 
-from trainer.data import normalise, pad_to_multiple
+from models.preprocess import InputSpec, Preprocessor, Size, predict_frame
+
+MODES = ("resize", "native")
 
 
 class Predictor(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-def predict_image(predict: Callable[[np.ndarray], np.ndarray], bgr: np.ndarray, mode: str = "resize",
-                  size: tuple[int, int] = (448, 448)) -> np.ndarray:
-    """Crack probability (HxW float32) of one BGR frame, at the frame's own size."""
-    h, w = bgr.shape[:2]
+def frame_size(mode: str, size: tuple[int, int]) -> Size:
+    """What :mod:`models.preprocess` sizes frames to for an eval ``mode``: ``size`` or "native"."""
     if mode == "resize":
-        sh, sw = size
-        if sh % 4 or sw % 4:
-            raise ValueError(f"input size {sh}x{sw} is not a multiple of 4")
-        x = cv2.resize(bgr, (sw, sh), interpolation=cv2.INTER_LINEAR)
-        prob = predict(normalise(x)[None])[0, 0]
-        return cv2.resize(prob.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        return tuple(size)  # type: ignore[return-value]
     if mode == "native":
-        ph, pw = pad_to_multiple(h, w, 4)
-        x = cv2.copyMakeBorder(bgr, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
-        return predict(normalise(x)[None])[0, 0, :h, :w].astype(np.float32)
+        return "native"
     raise ValueError(f"unknown mode {mode!r}; choose resize or native")
+
+
+def predict_image(predict: Callable[[np.ndarray], np.ndarray], bgr: np.ndarray, spec: InputSpec,
+                  mode: str = "resize", size: tuple[int, int] = (448, 448),
+                  pre: Preprocessor | None = None) -> np.ndarray:
+    """Crack probability (HxW float32) of one BGR frame, at the frame's own size, as the daemon feeds it."""
+    return predict_frame(predict, bgr, spec, frame_size(mode, size), pre)
 
 
 class TorchPredictor:

@@ -2,7 +2,8 @@
 
 For every training image the teacher's four attention-gated logits (h, x, y, mix) are divided by T
 and passed through the softmax; each crack probability is saved as an 8-bit grey PNG at the image's
-own size (predicted at native size, padded to a multiple of 4).  ``manifest.json`` records the
+own size (predicted at native size through the daemon's pre-processing, :mod:`models.preprocess`,
+with the teacher variant's normalisation).  ``manifest.json`` records the
 teacher checkpoint and its SHA-256, T, and every image with its SHA-256, so step 3 refuses labels
 made by another teacher or for other images.
 """
@@ -19,7 +20,9 @@ import cv2
 import numpy as np
 
 from models.card import sha256_file
-from trainer.data import Pair, normalise, pad_to_multiple, read_image
+from models.preprocess import Preprocessor
+from models.registry import variant_defaults
+from trainer.data import Pair, read_image
 from trainer.errors import DataError, MissingInput
 from trainer.losses import OUTPUTS
 
@@ -57,15 +60,15 @@ def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature
         raise ValueError(f"temperature must be > 0, got {temperature}")
     out_dir = Path(out_dir)
     net, meta = load_checkpoint(teacher_ckpt, device)
+    pre = Preprocessor(variant_defaults(meta["arch"]), "native")
     entries = []
     t0 = time.monotonic()
     for i, pair in enumerate(pairs, 1):
         img = read_image(pair.image)
         h, w = img.shape[:2]
-        ph, pw = pad_to_multiple(h, w)
-        x = cv2.copyMakeBorder(img, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+        x, _ = pre(img)
         with torch.inference_mode():
-            outs = net(torch.from_numpy(normalise(x)[None]).to(device))
+            outs = net(torch.from_numpy(x).to(device))
         files = label_paths(out_dir, pair)
         files[0].parent.mkdir(parents=True, exist_ok=True)
         for name, f in zip(OUTPUTS, files):

@@ -29,7 +29,9 @@ from trainer.checkpoint import read_checkpoint
 from trainer.config import TrainSettings
 from trainer.data import Pair, collate, read_pair
 from trainer.errors import ConfigError, MissingInput
-from trainer.inference import TorchPredictor, predict_image
+from models.preprocess import Preprocessor, predict_frame
+from models.registry import DEFAULT_VARIANT, variant_defaults
+from trainer.inference import TorchPredictor
 from trainer.metrics import MetricSet
 from trainer.progress import Progress
 
@@ -138,10 +140,11 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
 class Validator:
     """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid."""
 
-    def __init__(self, pairs: Sequence[Pair], size: int, device: str, temperature: float = 1.0) -> None:
+    def __init__(self, pairs: Sequence[Pair], size: int, device: str, temperature: float = 1.0,
+                 arch: str = DEFAULT_VARIANT) -> None:
         self.items = [(p.name, *read_pair(p)) for p in pairs]
-        self.mode = "resize" if size else "native"
-        self.size = (size, size)
+        # The daemon's pre-processing with the variant's normalisation: what the picked threshold runs on.
+        self.pre = Preprocessor(variant_defaults(arch), (size, size) if size else "native")
         self.device = device
         self.temperature = temperature
 
@@ -151,7 +154,7 @@ class Validator:
         predict = TorchPredictor(net, self.device, self.temperature)
         ms = MetricSet()
         for name, img, gt in self.items:
-            ms.update(predict_image(predict, img, self.mode, self.size), gt, name)
+            ms.update(predict_frame(predict, img, self.pre.card, self.pre.size, self.pre), gt, name)
         net.train(was_training)
         t = ms.best_threshold()
         s = ms.summary(t)

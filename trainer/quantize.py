@@ -19,14 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common import exits
-from models.card import CardError, ModelCard, card_path, load_card, sha256_file, write_card
-from trainer.data import Pair, list_pairs, pad_to_multiple, read_image, training_pairs
+from models.card import CardError, ModelCard, card_path, graph_sha256, load_card, sha256_file, write_card
+from models.preprocess import Preprocessor, padded_size
+from trainer.data import Pair, list_pairs, read_image, training_pairs
 from trainer.errors import ConfigError, DataError, MissingInput, TrainerError
+from trainer.inference import frame_size
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +83,21 @@ class QuantizeReport:
         return self.f1_fp32 - self.f1_int8
 
 
-def preprocess(bgr: np.ndarray, card: ModelCard) -> np.ndarray:
-    """One BGR frame -> float32 [1,3,H,W] at the card's input size with the card's normalisation."""
-    h, w = card.input_size
-    x = cv2.resize(bgr, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
-    if card.channel_order == "RGB":
-        x = x[..., ::-1]
-    x = (x.astype(np.float32) - np.asarray(card.mean, np.float32)) / np.asarray(card.std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
-
-def _calibration_reader(images: Sequence[Path], card: ModelCard):
+def _calibration_reader(images: Sequence[Path], card: ModelCard, mode: str = "resize"):
     from onnxruntime.quantization import CalibrationDataReader
 
     class CardCalibrationReader(CalibrationDataReader):
         """Feeds calibration frames one at a time, read from disk when asked for (memory stays flat)."""
 
         def __init__(self) -> None:
+            self.pre = Preprocessor(card, frame_size(mode, tuple(card.input_size)))
             self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             path = next(self._it, None)
             if path is None:
                 return None
-            return {card.input_name: preprocess(read_image(path), card)}
+            return {card.input_name: self.pre(read_image(path))[0].copy()}
 
         def rewind(self) -> None:
             self._it = iter(images)
@@ -114,7 +106,7 @@ def _calibration_reader(images: Sequence[Path], card: ModelCard):
 
 
 def quantize_qdq(model_path: Path, out_path: Path, calib_images: Sequence[Path], card: ModelCard,
-                 method: str = "minmax") -> None:
+                 method: str = "minmax", mode: str = "resize") -> None:
     """Write the QDQ INT8 file; no accuracy check here (see :func:`quantize`)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -127,7 +119,7 @@ def quantize_qdq(model_path: Path, out_path: Path, calib_images: Sequence[Path],
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
         quantize_static(
-            str(pre), str(out_path), _calibration_reader(calib_images, card),
+            str(pre), str(out_path), _calibration_reader(calib_images, card, mode),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
             op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=methods[method],
@@ -141,7 +133,7 @@ def evaluate_f1(model_path: Path, pairs: Sequence[Pair], threshold: float, mode:
     from trainer.evaluate import load_model, score
 
     model = load_model(model_path, threads=threads or None)
-    metrics, _, _ = score(model.predict, pairs, mode, model.input_size, thresholds=(threshold,))
+    metrics, _, _ = score(model.predict, pairs, model.spec, mode, model.input_size, thresholds=(threshold,))
     return float(metrics.summary(threshold)["tol2"]["f1"])
 
 
@@ -178,12 +170,11 @@ def quantize(model_path: str | Path, out_path: str | Path, calib_images: Sequenc
     with tempfile.TemporaryDirectory(prefix="crack-int8-") as tmp:
         staged = Path(tmp) / out_path.name
         log.info("event=calibrate model=%s images=%d method=%s", model_path, len(calib), method)
-        quantize_qdq(model_path, staged, calib, card, method)
+        quantize_qdq(model_path, staged, calib, card, method, mode)
         int8_card = card.model_copy(deep=True)
         int8_card.name = out_path.stem
         int8_card.precision = "int8"
-        int8_card.sha256 = sha256_file(staged)
-        write_card(int8_card, staged)
+        write_card(int8_card, staged)  # sets its sha256; embeds it, replacing the fp32 card the quantiser copied
 
         threshold = float(card.threshold)
         f1_fp32 = evaluate_f1(model_path, val_data, threshold, mode, threads)
@@ -199,9 +190,9 @@ def quantize(model_path: str | Path, out_path: str | Path, calib_images: Sequenc
 
         int8_card.quantization = {
             "format": "QDQ", "activations": "int8 symmetric per-tensor", "weights": "int8 symmetric per-channel",
-            "quantized_ops": list(QUANTIZED_OPS), "calibration_method": method,
+            "quantized_ops": list(QUANTIZED_OPS), "calibration_method": method, "calibration_mode": mode,
             "calibration_images": [str(p) for p in calib], "source_model": model_path.name,
-            "source_sha256": sha256_file(model_path),
+            "source_sha256": sha256_file(model_path), "source_graph_sha256": graph_sha256(model_path),
             "guard": {"metric": "tol2 F1 (2-pixel tolerance)", "split": "validation", "images": len(val_data),
                       "threshold": threshold, "mode": mode, "f1_fp32": round(f1_fp32, 6),
                       "f1_int8": round(f1_int8, 6), "drop": round(drop, 6), "max_drop": max_f1_drop,
@@ -229,7 +220,7 @@ def _validated_sizes(pairs: Sequence[Pair], card: ModelCard, mode: str) -> list[
     sizes = set()
     for p in pairs:
         h, w = read_image(p.image).shape[:2]
-        sizes.add(pad_to_multiple(h, w, card.size_multiple))
+        sizes.add(padded_size(h, w, card.size_multiple))
     return sorted(sizes)
 
 

@@ -5,6 +5,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from models.registry import variant_defaults
 from trainer.config import TrainSettings
 from trainer.data import CropConfig, CropDataset, DataSpec, Pair, list_pairs, training_pairs
 
@@ -33,7 +34,8 @@ def val_pairs(cfg: TrainSettings) -> list[Pair]:
 def crop_dataset(cfg: TrainSettings, sets: Sequence[tuple[Sequence[Pair], float]],
                  soft_labels: dict[Path, Sequence[Path]] | None = None) -> CropDataset:
     crop = CropConfig(crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max), max_aspect=cfg.max_aspect,
-                      dilate_kernel=cfg.dilate_kernel, dilate_iterations=cfg.dilation, augment=cfg.augment)
+                      dilate_kernel=cfg.dilate_kernel, dilate_iterations=cfg.dilation, augment=cfg.augment,
+                      spec=variant_defaults(cfg.arch))
     ds = CropDataset(sets, crop, cfg.samples_per_epoch, cfg.seed, soft_labels)
     log.info("event=data train=%s val_from=%s dilation=%dx%d*%d",
              [f"{s}" for s in cfg.data], cfg.val_data or "first train set", cfg.dilate_kernel, cfg.dilate_kernel,

@@ -49,7 +49,7 @@ def train_distilled_student(cfg: TrainSettings) -> RunResult:
     net = create_model(cfg.arch)
     train_set = crop_dataset(cfg, sets, soft_label_index(cfg.labels, manifest))
     held_out = val_pairs(cfg)
-    validator = Validator(held_out, cfg.val_size, pick_device(cfg.device), temperature=t_real)
+    validator = Validator(held_out, cfg.val_size, pick_device(cfg.device), temperature=t_real, arch=cfg.arch)
     meta = {"arch": cfg.arch, "role": "distilled-student", "kd": cfg.kd, "deploy_temperature": t_real,
             "label_temperature": manifest["temperature"], "student_temperatures": temps, "alpha": cfg.alpha,
             "teacher_sha256": manifest["teacher_sha256"], "loss": cfg.loss, "data": list(cfg.data),

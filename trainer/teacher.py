@@ -20,7 +20,7 @@ def train_supervised(cfg: TrainSettings, role: str) -> RunResult:
     sets = train_pair_sets(cfg)
     train_set = crop_dataset(cfg, sets)
     held_out = val_pairs(cfg)
-    validator = Validator(held_out, cfg.val_size, pick_device(cfg.device))
+    validator = Validator(held_out, cfg.val_size, pick_device(cfg.device), arch=cfg.arch)
     meta = {"arch": cfg.arch, "role": role, "deploy_temperature": 1.0, "loss": cfg.loss,
             "data": list(cfg.data), "train_images": sum(len(p) for p, _ in sets),
             "val_images": [str(p.image) for p in held_out], "seed": cfg.seed}

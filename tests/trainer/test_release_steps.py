@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.card import load_card
+from models.card import METADATA_KEY, embedded_card, load_card
 from models.mcff import DeployHead
 from trainer.cli import main
 from trainer.engine import tensorrt_available
@@ -29,7 +29,9 @@ def test_export_follows_the_model_contract_and_matches_pytorch(exported, student
     assert model.opset_import[0].version == 17
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1] == 3 and all(isinstance(d, str) for d in (dims[0], dims[2], dims[3]))
-    assert json.loads({p.key: p.value for p in model.metadata_props}["input_size"]) == [64, 64]
+    # The whole card, less its own file's sha256, is in the metadata (and nothing else: no drifting copies).
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert list(meta) == [METADATA_KEY] and json.loads(meta[METADATA_KEY]) == card.embedded()
 
     net, meta = load_checkpoint(student_run / "best.pt")
     head = DeployHead(net, meta["deploy_temperature"]).eval()
@@ -80,6 +82,7 @@ def test_eval_of_onnx_writes_report_overlays_and_figure(exported, tiny_data, tmp
     native = json.loads((tmp_path / "vn" / "report.json").read_text())
     card = load_card(model)
     assert card.inference == "native" and card.threshold == native["threshold"]
+    assert embedded_card(model).embedded() == card.embedded(), "--write-card keeps the ONNX metadata in step"
     assert set(card.validated_sizes) == {tuple(card.input_size), *(tuple(s) for s in native["sizes"])}
     assert all(h % 4 == 0 and w % 4 == 0 for h, w in native["sizes"])
 
