@@ -81,16 +81,13 @@ def test_preprocess_resizes_and_native_pads():
     assert native.output_size((62, 90)) == (62, 90)
 
 
-def test_measures_are_cheap_at_448():
-    import time
-
+def test_measures_two_cracks_at_448():
+    # No wall-time assertion (#14): the CPU is shared, a timing bound would fail at random.
+    # The cost per frame is measured by `crack-edge bench` and reported in docs/edge.md.
     mask = np.zeros((448, 448), np.uint8)
     cv2.line(mask, (10, 400), (400, 30), 255, 3)
     cv2.line(mask, (50, 50), (300, 200), 255, 2)
-    measure(mask)
-    t0 = time.perf_counter()
-    for _ in range(5):
-        measure(mask)
-    ms = (time.perf_counter() - t0) / 5 * 1000
-    print(f"measure() at 448x448, two cracks: {ms:.1f} ms")
-    assert ms < 200  # a regression guard only; the figure itself is printed and benchmarked
+    m = measure(mask)
+    assert m.count == 1  # the two lines cross: one 8-connected region
+    assert m.length_px > 390 + 250 - 40
+    assert 2 <= m.max_width_px <= 5
