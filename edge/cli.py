@@ -135,6 +135,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         spec = loader.source_spec(cfg)
         loader.check_security(cfg)
+        position = loader.open_position_source(cfg)  # a log that misses the video is refused here too
         model = loader.load_model(cfg)
         loader.probe_model(model)
         info = model.backend.describe()
@@ -150,6 +151,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"model ok: {model.path} backend={model.backend.name} precision={info.get('precision') or model.card.precision} "
           f"size={model.size} threshold={model.threshold}")
     print(f"source ok: {spec.kind} {spec.target} frame={shape[1]}x{shape[0]}")
+    print(f"position ok: {cfg.position.kind}" + ("" if position is None else f" ({type(position).__name__})"))
     return exits.OK
 
 

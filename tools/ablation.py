@@ -276,6 +276,13 @@ def sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+def identity(model: Path) -> str:
+    """The model apart from its card: an eval's --write-card rewrites the card inside the ONNX."""
+    from models.card import graph_sha256
+
+    return graph_sha256(model) if model.suffix == ".onnx" else sha256(model)
+
+
 # ------------------------------------------------------------------------------------------ budgets
 
 
@@ -672,7 +679,7 @@ class Ablation:
         onnx = model_path.suffix == ".onnx"
         val = read_json(self.p.eval(m.name, "val") / "report.json") if split == "test" else None
         report = read_json(out / "report.json")
-        if report and report.get("model_sha256") == sha256(model_path) and report.get("images") == self.images(
+        if report and report.get("model_graph_sha256") == identity(model_path) and report.get("images") == self.images(
                 split) and (split == "val" or report.get("threshold") == val["threshold"]):
             log.info("event=skip step=eval model=%s split=%s reason=done", m.name, split)
             return report

@@ -44,6 +44,12 @@ class LoadedModel:
     spec: InputSpec  # channel order, normalisation and size multiple: the card's or the variant's
 
 
+def _identity(path: str | Path, m: LoadedModel) -> str:
+    from models.card import graph_sha256
+
+    return graph_sha256(path) if m.kind == "onnx" else m.sha256
+
+
 def load_model(path: str | Path, device: str = "cpu", threads: int | None = None) -> LoadedModel:
     """A predictor for an ``.onnx`` file (through the daemon's ONNX Runtime backend) or a checkpoint."""
     from models.card import sha256_file
@@ -163,7 +169,9 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
             rows.append(side_by_side(img, gt, probs[r.name] >= thr, r.name, r.f1_tol))
         cv2.imwrite(str(out_dir / "figure.png"), np.vstack(_fit_width(rows)))
     report = {
-        "model": str(model), "model_sha256": m.sha256, "kind": m.kind, "data": str(data), "split": split,
+        "model": str(model), "model_sha256": m.sha256, "kind": m.kind,
+        # What --write-card leaves alone (it rewrites the embedded card, so the file hash moves).
+        "model_graph_sha256": _identity(model, m), "data": str(data), "split": split,
         "images": len(pairs), "mode": mode, "input_size": list(m.input_size) if mode == "resize" else f"native/{m.spec.size_multiple}",
         "threshold": thr, "threshold_source": source, "metrics": summary,
         "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),

@@ -295,11 +295,22 @@ def test_missing_model_exits_78_naming_the_file(tmp_path, endpoint, small_video)
 
 
 def test_model_without_card_exits_78(tmp_path, endpoint, student_onnx):
+    # The exported file carries its card inside; strip it so neither copy exists.
+    from models.card import METADATA_KEY
+    from models.onnx_metadata import write_metadata
     lone = tmp_path / "lone.onnx"
     shutil.copy(student_onnx, lone)
+    write_metadata(lone, {METADATA_KEY: None})
     r = run_cli("check", "--model", str(lone))
     assert r.returncode == 78
     assert "lone.json" in r.stderr
+
+
+def test_model_with_only_its_embedded_card_runs(tmp_path, student_onnx):
+    lone = tmp_path / "lone.onnx"
+    shutil.copy(student_onnx, lone)
+    r = run_cli("check", "--model", str(lone))
+    assert r.returncode == 0, r.stderr
 
 
 def test_check_validates_config_and_model(student_onnx, small_video):

@@ -151,8 +151,9 @@ def test_int8_qdq_file_runs_in_both_runtimes(int8_onnx, student_onnx, frames):
     for o, r, f in zip(ov, ort, fp32):
         assert o.shape == r.shape == f.shape
         assert np.isfinite(o).all() and 0.0 <= o.min() and o.max() <= 1.0
-        # Two int8 kernels round differently, and both differ from fp32, but not by much.
-        assert np.abs(o - r).mean() < 0.02
+        # Two int8 kernels round differently (and OpenVINO's differ between CPUs with and without
+        # VNNI: 0.026 seen on a CI machine, 0.01 here), and both differ from fp32, but not by much.
+        assert np.abs(o - r).mean() < 0.04
         assert np.abs(o - f).mean() < 0.05
 
 

@@ -107,7 +107,8 @@ def test_every_frame_mode_on_a_file_drops_nothing(student_onnx, endpoint, subscr
     assert [m.header["frame_index"] for m in masks] == list(range(n))
     assert [m.header["seq"] for m in masks] == list(range(n))
     assert final.header["source"]["mode"] == "every"
-    assert final.header["drops"] == {"capture": 0, "inference": 0, "publish": 0, "unreadable": 0}
+    assert final.header["drops"] == {"capture": 0, "inference": 0, "publish": 0, "unreadable": 0,
+                                     "downscaled": 0}
     infer = statistics.median(m.header["infer_ms"] for m in masks)
     figures.record("every_frame_mode", frames=n, published=len(masks), in_order=True, dropped=0,
                    infer_ms_median=round(infer, 1), inference_size=SLOW_SIZE, seconds=round(elapsed, 1))

@@ -17,6 +17,7 @@ LAT0, LON0 = 48.8566, 2.3522
 STRAIGHT_M, RADIUS_M, ARC_M = 100.0, 50.0, 80.0
 STEP_M, SPEED = 2.5, 5.0
 Y0, Y1, WIDTH = 2.0, 8.0, 3.5
+RUN_ID = "0123456789abcdef" * 2     # the wire asks for 32 hex digits
 NO_FIX = (130.0, 150.0)             # frames with chainage in here have no fix
 # chainage, lateral x, type, length_m, max_width_mm, area_m2, severity
 CRACKS = [(5.0, 0.3, "longitudinal", 2.0, 4.0, 1.0, "low"),
@@ -64,7 +65,7 @@ def write_drive(folder: Path, vehicle: str = "van1", positions: bool = True) -> 
                                    "bbox_px": [30, 10, 3, 30], "length_m": length, "max_width_mm": wmm,
                                    "area_m2": area, "centroid_m": [rx, ry], "severity": sev})
             header = {
-                "vehicle_id": vehicle, "run_id": "r1", "seq": i, "frame_index": i, "t_capture": 1e9 + s / SPEED,
+                "vehicle_id": vehicle, "run_id": RUN_ID, "seq": i, "frame_index": i, "t_capture": 1e9 + s / SPEED,
                 "t_publish": 1e9 + s / SPEED, "infer_ms": 5.0, "model_sha256": "0" * 64, "width": 64, "height": 48,
                 "crack_ratio": 0.03 * len(cracks), "crack_count": len(cracks), "crack_length_px": 30.0 * len(cracks),
                 "crack_max_width_px": 3.0, "calibrated": True,

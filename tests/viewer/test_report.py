@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from common import exits
-from tests.viewer.synthetic_drive import WIDTH, write_drive
+from tests.viewer.synthetic_drive import RUN_ID, WIDTH, write_drive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,7 @@ def test_geojson_has_a_line_per_segment_and_a_point_per_crack(report):
     cracks = [f for f in gj["features"] if f["properties"]["kind"] == "crack"]
     assert len(segs) == len(_segs(out)) and len(cracks) == 5
     assert all(f["geometry"]["type"] == "LineString" and len(f["geometry"]["coordinates"]) >= 2 for f in segs)
-    assert all(f["properties"]["frame"].startswith("van1/r1/") for f in cracks)
+    assert all(f["properties"]["frame"].startswith(f"van1/{RUN_ID}/") for f in cracks)
     assert (out / "condition.png").stat().st_size > 0 and list((out / "thumbs").glob("*.jpg"))
     assert "http" not in (out / "index.html").read_text().replace("http://www.w3.org/2000/svg", "")
 
