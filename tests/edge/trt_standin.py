@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 PLAN_MAGIC = b"STANDIN-TRT-PLAN\n"
+_MODELS: dict[str, bytes] = {}  # sha256 -> ONNX bytes the stand-in parsed (its "engines" run them with ONNX Runtime)
 
 
 class Severity(enum.IntEnum):
@@ -288,7 +289,7 @@ class OnnxParser:
             self.errors.append(f"Failed to import initializer {external[0]}: external weights need the model's "
                                "path (parse(model, path) or parse_from_file)")
             return False
-        return self._import(proto, path)
+        return self._import(proto, bytes(model), path)
 
     def parse_from_file(self, path: str) -> bool:
         try:
@@ -298,7 +299,7 @@ class OnnxParser:
             return False
         return self.parse(data, path)
 
-    def _import(self, proto: Any, path: str | None) -> bool:
+    def _import(self, proto: Any, data: bytes, path: str | None) -> bool:
         inits = {t.name for t in proto.graph.initializer}
 
         def tensors(values: Any) -> list[Tensor]:
@@ -314,7 +315,14 @@ class OnnxParser:
         self.network.inputs = tensors(proto.graph.input)
         self.network.outputs = tensors(proto.graph.output)
         self.network.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
-        self.network.onnx_path = str(Path(path).resolve()) if path else None
+        if path is None:
+            import hashlib
+
+            key = hashlib.sha256(data).hexdigest()
+            _MODELS[key] = data
+            self.network.onnx_path = "sha256:" + key
+        else:
+            self.network.onnx_path = str(Path(path).resolve())
         return True
 
 
@@ -462,7 +470,9 @@ class Engine:
 
             so = ort.SessionOptions()
             so.intra_op_num_threads = 1
-            self._session = ort.InferenceSession(self.plan["onnx"], so, providers=["CPUExecutionProvider"])
+            src = self.plan["onnx"]
+            model = _MODELS[src[7:]] if src.startswith("sha256:") else src
+            self._session = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         return self._session
 
 
