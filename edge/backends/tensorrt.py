@@ -433,11 +433,17 @@ def build_serialized(trt: Any, logger: Any, onnx_path: Path, input_name: str, pl
                      workspace_bytes: int, opt_level: int | None = None) -> bytes:
     """ONNX file -> serialised engine, as ``plan`` says, with one optimisation profile over H and W."""
     version = str(trt.__version__)
+
+    def made(obj: Any, what: str) -> Any:
+        if obj is None:  # TensorRT returns None (and logs why) where it cannot make one
+            raise BackendError(f"TensorRT {version} could not create {what} (out of memory? see its log above)")
+        return obj
+
     try:
-        builder = trt.Builder(logger)
+        builder = made(trt.Builder(logger), "a builder")
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed else 0
-        network = builder.create_network(flags)
-        parser = trt.OnnxParser(network, logger)
+        network = made(builder.create_network(flags), "a network")
+        parser = made(trt.OnnxParser(network, logger), "an ONNX parser")
         # From the file, not its bytes: the parser then finds external-data weights beside it.
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -445,7 +451,7 @@ def build_serialized(trt: Any, logger: Any, onnx_path: Path, input_name: str, pl
         inputs = [network.get_input(i).name for i in range(network.num_inputs)]
         if inputs != [input_name]:
             raise BackendError(f"{onnx_path}: network inputs {inputs}, expected exactly [{input_name!r}] (the card's input_name)")
-        config = builder.create_builder_config()
+        config = made(builder.create_builder_config(), "a builder config")
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
         for name in plan.set_flags:
             config.set_flag(getattr(trt.BuilderFlag, name))
@@ -455,7 +461,7 @@ def build_serialized(trt: Any, logger: Any, onnx_path: Path, input_name: str, pl
                 config.clear_flag(flag)
         if opt_level is not None:
             config.builder_optimization_level = int(opt_level)
-        prof = builder.create_optimization_profile()
+        prof = made(builder.create_optimization_profile(), "an optimisation profile")
         if prof.set_shape(input_name, *profile.shapes()) is False:
             raise BackendError(f"{onnx_path}: TensorRT {version} refused the profile {profile}")
         if config.add_optimization_profile(prof) < 0:
@@ -555,6 +561,10 @@ class TensorRTBackend(Backend):
                                        "(out of GPU memory? see its log above)")
                 self.stream = cuda.Stream()
             self._warm_up()
+        except AttributeError as e:  # a TensorRT whose API differs: a refusal naming it, not a traceback
+            self.close()
+            raise BackendError(f"TensorRT {getattr(self, 'trt_version', '?')} lacks an API this backend uses ({e}); "
+                               f"supported: {SUPPORTED}") from None
         except BaseException:
             self.close()
             raise
@@ -620,9 +630,9 @@ class TensorRTBackend(Backend):
         if self.card.output_name not in self.tensors or self.tensors[self.card.output_name][0]:
             raise BackendError(f"{self.model_path}: output {self.card.output_name!r} not among the engine's "
                                f"tensors {sorted(self.tensors)}")
-        lo, opt, hi = e.get_tensor_profile_shape(self.card.input_name, 0)
-        self.profile_range = (tuple(lo[2:]), tuple(hi[2:]))
-        self.profile_opt = tuple(opt[2:])
+        lo, opt, hi = (tuple(int(d) for d in dims) for dims in e.get_tensor_profile_shape(self.card.input_name, 0))
+        self.profile_range = (lo[2:], hi[2:])
+        self.profile_opt = opt[2:]
 
     def _warm_up(self) -> None:
         """One inference at the size the daemon runs (the first frame is then not the slow one, and a

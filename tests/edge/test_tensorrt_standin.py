@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from common import exits
 from edge.backends.base import BackendError, create_backend
-from edge.backends.tensorrt import (EngineCache, EngineIdentity, Profile, TensorRTBackend, build_plan,
+from edge.backends.tensorrt import (EngineIdentity, Profile, TensorRTBackend, build_plan,
                                     default_precision, full_version, profile_from_options)
 from models.card import ModelCard, load_card
 from trt_standin import StandIn
