@@ -117,6 +117,21 @@ def test_build_plan_refusals_name_the_version_and_the_reason(version, precision,
     assert says in str(e.value)
 
 
+@pytest.mark.parametrize("version", ["10.0.1", "10.3.0", "10.11.0", "10.12.0", "10.13.3.9", "11.0.0", "11.4.0.106"])
+def test_no_plan_asks_a_version_for_what_it_lacks_or_mixes_strong_typing_with_flags(version):
+    flags = {f.name for f in StandIn(version).trt.BuilderFlag}
+    for precision in ("fp32", "fp16", "bf16", "int8"):
+        for model in ("fp32", "fp16", "int8"):
+            try:
+                plan = build_plan(version, precision, model, (8, 7))
+            except BackendError as e:
+                assert version.split(".")[0] in str(e) or "model" in str(e) or "needs" in str(e)
+                continue
+            assert set(plan.set_flags) <= flags, (version, precision, model, plan)
+            assert not (plan.strongly_typed and set(plan.set_flags) & {"FP16", "INT8", "BF16"})
+            assert plan.precision == precision
+
+
 def test_default_precision_is_fp16_on_a_gpu_unless_the_model_or_version_fixes_it():  # item 2
     assert default_precision("10.3.0", "fp32")[0] == "fp16"
     assert default_precision("10.3.0", "int8")[0] == "int8"
