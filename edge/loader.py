@@ -38,7 +38,12 @@ def model_and_card(cfg: EdgeConfig) -> tuple[Path, Any]:
     path = Path(cfg.model.path)
     if not path.is_file():
         raise StartupError(f"model.path: {path}: model file not found", exits.CONFIG)
-    onnx = path.with_suffix(".onnx") if path.suffix == ".engine" else path
+    if path.suffix == ".engine":
+        from edge.backends.tensorrt import onnx_for_engine
+
+        onnx = onnx_for_engine(path)  # NAME.fp16.engine names NAME.onnx (and so NAME.json) in its sidecar
+    else:
+        onnx = path
     try:
         card = load_card(onnx, verify=cfg.model.verify_sha256 and path.suffix == ".onnx")
     except CardError as e:
@@ -112,7 +117,7 @@ def engine_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
     which then builds a fitting engine into its cache, or by the next runtime present).
     """
     from edge.backends.base import available_backends
-    from edge.backends.tensorrt import EngineRefused, check_engine
+    from edge.backends.tensorrt import EngineRefused, check_engine, onnx_for_engine
 
     name = cfg.backend.name
     if name not in ("auto", "tensorrt"):
@@ -131,7 +136,7 @@ def engine_backend(cfg: EdgeConfig, path: Path, card: Any) -> Any:
         if name == "tensorrt":
             raise
         reason = str(e)
-    onnx = path.with_suffix(".onnx")
+    onnx = onnx_for_engine(path)
     if not onnx.is_file():
         raise StartupError(f"model.path: {path}: engine refused ({reason}) and no {onnx.name} beside it to fall back to",
                            exits.CONFIG)

@@ -6,7 +6,7 @@
     crack-train eval      judge a checkpoint or ONNX file on a split; --pick-threshold on val
     crack-train export    a checkpoint's deploy output to ONNX + model card
     crack-train profile   parameters and GFLOPs of a registered variant
-    crack-train engine    a TensorRT engine (FP16 / INT8) where TensorRT is installed
+    crack-train engine    a TensorRT engine + sidecar the daemon runs, where TensorRT is installed
     crack-train quantize  INT8 QDQ ONNX calibrated on training images, refused if validation F1(2px) drops
 
 Exit status: 0 done, 2 usage, 65 bad data, 66 missing input, 69 tool unavailable, 78 bad config,
@@ -171,16 +171,10 @@ def _profile_train(ns: argparse.Namespace) -> int:
 
 
 def cmd_engine(ns: argparse.Namespace) -> int:
-    from trainer.data import DataSpec, list_pairs
     from trainer.engine import build_engine
 
-    pairs = []
-    for text in ns.data or []:
-        spec = DataSpec.parse(text)
-        pairs += list_pairs(spec.root, spec.split)
-    out = ns.out or ns.onnx.with_suffix(f".{ns.precision}.engine")
-    build_engine(ns.onnx, out, ns.precision, ns.size, ns.max_size, pairs, ns.calib_images, ns.calib_cache)
-    print(f"engine: {out}")
+    out = build_engine(ns.onnx, ns.out, ns.precision, ns.size, ns.max_size, ns.workspace_mib, ns.device, ns.opt_level)
+    print(f"engine: {out} (sidecar {out.name}.json; run it with crack-edge --model {out})")
     return 0
 
 
@@ -249,15 +243,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
 
-    p = sub.add_parser("engine", help="TensorRT engine (fp16 / int8) where TensorRT is installed")
-    p.add_argument("--onnx", type=Path, required=True, help="exported NAME.onnx")
-    p.add_argument("--out", type=Path, help="engine path (default NAME.PRECISION.engine)")
-    p.add_argument("--precision", choices=("fp16", "int8"), default="fp16", help="engine precision")
-    p.add_argument("--size", type=_size, default=(448, 448), help="input HxW the engine is tuned for")
-    p.add_argument("--max-size", type=_size, help="largest HxW accepted (default: only --size)")
-    p.add_argument("--data", nargs="+", help="INT8 calibration images: PATH[:SPLIT] (training data only)")
-    p.add_argument("--calib-images", type=int, default=64, help="how many calibration images")
-    p.add_argument("--calib-cache", type=Path, help="calibration cache (default NAME.calib; reused when present)")
+    p = sub.add_parser("engine", help="TensorRT engine + sidecar, as the daemon loads it (where TensorRT is installed)")
+    p.add_argument("--onnx", type=Path, required=True, help="NAME.onnx with its card NAME.json (NAME-int8.onnx for int8)")
+    p.add_argument("--out", type=Path, help="engine path (default NAME.PRECISION.engine; the sidecar goes beside it)")
+    p.add_argument("--precision", choices=("fp16", "fp32", "bf16", "int8"),
+                   help="default: fp16 for an fp32 model (fp32 on TensorRT 11), the model's own otherwise")
+    p.add_argument("--size", type=_size, help="input HxW the engine is tuned for (default: the card's input size)")
+    p.add_argument("--max-size", type=_size, help="largest HxW accepted, from 32x32 (default: only --size)")
+    p.add_argument("--workspace-mib", type=int, default=1024, help="builder workspace (MiB)")
+    p.add_argument("--device", type=int, default=0, help="CUDA device")
+    p.add_argument("--opt-level", type=int, choices=range(6), help="builder optimisation level (TensorRT default 3)")
     p.set_defaults(func=cmd_engine)
     # quantize owns its parser (trainer/quantize.py); listed here so --help shows it.
     sub.add_parser("quantize", add_help=False,
