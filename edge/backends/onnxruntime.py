@@ -6,7 +6,16 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Backend, BackendError
+from pydantic import Field
+
+from edge.backends.base import Backend, BackendError, BackendOptions
+
+
+class Options(BackendOptions):
+    """``backend.options`` for ONNX Runtime (threads and precision are ``backend`` fields)."""
+
+    providers: list[str] | None = Field(None, min_length=1, description=(
+        "Execution providers in order of preference (default: CUDA, then CPU); absent ones are skipped"))
 
 
 class OnnxRuntimeBackend(Backend):

@@ -27,7 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Backend, BackendError
+from pydantic import BaseModel, Field
+
+from edge.backends.base import Backend, BackendError, BackendOptions
 from models.card import sha256_file
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ ENGINE_FORMAT = 1
 SIDECAR_SUFFIX = ".json"
 DEFAULT_MIN_HW = (32, 32)
 DEFAULT_MAX_HW = (1088, 1920)
+
+
+class _ProfileOptions(BaseModel, extra="forbid"):
+    min: tuple[int, int] | None = None
+    opt: tuple[int, int] | None = None
+    max: tuple[int, int] | None = None
+
+
+class Options(BackendOptions):
+    """``backend.options`` for TensorRT (its defaults are applied where the options are read, below)."""
+
+    device: int | None = Field(None, ge=0, description="CUDA device index (default 0)")
+    workspace_mb: int | None = Field(None, ge=1, description="Builder workspace, MiB (default 1024)")
+    profile: _ProfileOptions | None = Field(None, description="Optimisation profile [H, W] sizes: min, opt, max")
 
 
 class EngineRefused(BackendError):
