@@ -5,7 +5,6 @@ import importlib.util
 from typing import Any
 
 import numpy as np
-
 from pydantic import Field
 
 from edge.backends.base import Backend, BackendError, BackendOptions

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from pydantic import BaseModel, Field
 
 from edge.backends.base import Backend, BackendError, BackendOptions
