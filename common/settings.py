@@ -19,6 +19,7 @@ other: a typo in a systemd unit's ``Environment=`` must not be silently ignored.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -239,8 +240,6 @@ def load(model: type[M], *, env_prefix: str, toml: str | Path | None = None, sec
     ``section``: read the file's ``[section]`` table when it has one (else its top level), so one
     file can hold the settings of several commands.  Raises SettingsError listing every problem.
     """
-    import os
-
     file_data: dict[str, Any] = {}
     if toml is not None:
         file_data = read_toml(toml)
