@@ -1,29 +1,25 @@
 """The daemon's settings: one pydantic model, read from TOML, then ``CRACK_EDGE_*``, then flags.
 
-Precedence is flags > environment > TOML > defaults.  Nested keys reach the environment with a
-double underscore (``CRACK_EDGE_SOURCE__URI``).  Unknown keys and bad values are refused at
-start-up with the key named (:class:`ConfigError`; the daemon exits 78 so systemd stops retrying).
-Each section is its own model so another one (``security`` for CurveZMQ keys) is one field more.
+Precedence is flags > environment > TOML > defaults, applied by the shared loader
+(:mod:`common.settings`).  Nested keys reach the environment with a double underscore
+(``CRACK_EDGE_SOURCE__URI``).  Unknown keys (in the file, the environment or ``backend.options``)
+and bad values are refused at start-up, all of them at once, each with its key named
+(:class:`ConfigError`; the daemon exits 78 so systemd stops retrying).  Each section is its own
+model so another one (``security`` for CurveZMQ keys) is one field more.
 """
 from __future__ import annotations
 
 import os
 import re
 import socket
-import sys
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from common import settings
 from edge.wire import Defaults
 from models import DEFAULT_MODEL
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - 3.10 only
-    import tomli as tomllib
 
 ENV_PREFIX = "CRACK_EDGE_"
 DEMO_CLIP = Path(__file__).resolve().parent / "demo" / "crackforest.mp4"
@@ -126,7 +122,9 @@ class BackendConfig(Section):
         "NAME-int8.onnx when there is one; fp32 keeps the fp32 file)"))
     cache_dir: Path | None = Field(None, description=(
         "Where compiled engines are cached (default: $CACHE_DIRECTORY under systemd, else ~/.cache/crack-edge)"))
-    options: dict[str, Any] = Field(default_factory=dict, description="Further runtime-specific options passed to the backend")
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "Runtime-specific options, checked against the named backend's own list (its Options model in "
+        "edge/backends/NAME.py); needs `name` set to that backend"))
 
     @field_validator("name")
     @classmethod
@@ -136,6 +134,19 @@ class BackendConfig(Section):
         if v != "auto" and v not in BACKENDS:
             raise ValueError(f"unknown backend {v!r}; choose one of: auto, {', '.join(BACKENDS)}")
         return v
+
+    @field_validator("options")
+    @classmethod
+    def _typed_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from edge.backends.base import options_model
+
+        name = info.data.get("name")
+        if name is None or not v:  # a bad name is reported on its own
+            return v
+        if name == "auto":
+            raise ValueError(f"options {sorted(v)} belong to one runtime: set backend.name to it "
+                             "(auto picks one only at start-up)")
+        return settings.check_table(options_model(name), v, f"for backend {name}")
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir is not None:
@@ -256,11 +267,10 @@ class SecurityConfig(Section):
         return self.secret_key
 
 
-class EdgeConfig(BaseSettings):
+class EdgeConfig(BaseModel):
     """Everything the edge daemon reads at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid",
-                                      validate_default=True, case_sensitive=False)
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     vehicle_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=128, description=(
         "Name of this vehicle in topics (mask/<vehicle_id>); default: the host name"))
@@ -281,85 +291,13 @@ class EdgeConfig(BaseSettings):
             raise ValueError(f"{v!r} may only hold letters, digits, '.', '_' and '-' (it is part of a topic)")
         return v
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-        # No .env or secrets files: a daemon's settings come from its unit, its TOML and its flags.
-        return init_settings, env_settings
-
-
-class _DictSource(PydanticBaseSettingsSource):
-    """The parsed TOML file, as the lowest-priority source."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self.data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
-
-
-def read_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        with open(p, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: config file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read config file: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-
-
-def _check_env_names(environ: dict[str, str]) -> None:
-    # pydantic-settings ignores unknown variables; a typo in a unit's Environment= must not be silent.
-    known = set(EdgeConfig.model_fields)
-    for name in environ:
-        if name.upper().startswith(ENV_PREFIX):
-            top = name[len(ENV_PREFIX):].lower().split("__")[0]
-            if top not in known:
-                raise ConfigError(f"{name}: unknown setting {top!r} (known: {', '.join(sorted(known))})")
-
-
-def format_validation_error(e: ValidationError, origin: str = "") -> str:
-    lines = []
-    for err in e.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(config)"
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        value = err.get("input")
-        shown = "" if err["type"] in ("extra_forbidden", "missing") or isinstance(value, dict) else f" (got {value!r})"
-        lines.append(f"{key}: {msg}{shown}")
-    where = f"{origin}: " if origin else ""
-    return where + "invalid setting" + ("s" if len(lines) > 1 else "") + ": " + "; ".join(lines)
-
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> EdgeConfig:
     """Build the config: ``overrides`` (from flags, nested dicts) > CRACK_EDGE_* > TOML file > defaults."""
-    data = read_toml(path) if path is not None else {}
-    _check_env_names(dict(os.environ))
-
-    class _FromFile(EdgeConfig):
-        @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                       file_secret_settings):
-            return init_settings, env_settings, _DictSource(settings_cls, data)
-
-    origin = str(path) if path is not None else "config"
     try:
-        loaded = _FromFile(**(overrides or {}))
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, origin)) from None
-    except SettingsError as e:  # an environment variable that does not parse
-        raise ConfigError(f"environment: {e}") from None
-    # Re-validate as the public class so callers never see the local subclass.
-    return EdgeConfig.model_construct(**{k: getattr(loaded, k) for k in EdgeConfig.model_fields})
+        return settings.load(EdgeConfig, env_prefix=ENV_PREFIX, toml=path, flags=overrides)
+    except settings.SettingsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def nested(flat: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 For each ONNX model given, in the ablation's own convention (docs/ablation.md): a threshold picked
 on the CrackForest validation images, then the 46 test images with that threshold; once at 448x448
 resize (the table's column) and once at the images' own size (what the card runs at). Plus params,
-GFLOPs and the ONNX Runtime CPU ms of one 448x448 frame (tools/ablation.py's ``time_cpu``). The
-model files are copied first, so their cards are not touched. Prints a Markdown table; ``--json``
+GFLOPs and the ONNX Runtime CPU ms of one 448x448 frame (``trainer.ablation.stages.time_cpu``, as
+`crack-train ablation` times it). The model files are copied first, so their cards are not touched. Prints a Markdown table; ``--json``
 writes every figure unrounded.
 
     python tools/cpu_rows.py models/mcff-student.onnx models/mcff-student-int8.onnx \
@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import exits  # noqa: E402
-from tools.ablation import host_info, time_cpu  # noqa: E402
+from trainer.ablation.report import host_info  # noqa: E402
+from trainer.ablation.stages import time_cpu  # noqa: E402
 from trainer.evaluate import run_eval  # noqa: E402
 
 

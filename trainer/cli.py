@@ -8,6 +8,7 @@
     crack-train profile   parameters and GFLOPs of a registered variant
     crack-train engine    a TensorRT engine + sidecar the daemon runs, where TensorRT is installed
     crack-train quantize  INT8 QDQ ONNX calibrated on training images, refused if validation F1(2px) drops
+    crack-train ablation  teacher, soft labels, students, judged side by side, budgeted and resumable
 
 Exit status: 0 done, 2 usage, 65 bad data, 66 missing input, 69 tool unavailable, 78 bad config,
 130 interrupted (resume with the same command and --resume).
@@ -49,6 +50,22 @@ def _add_settings_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) ->
             if choices:
                 kw["choices"] = choices
         p.add_argument(flag, dest=name, **kw)
+
+
+def parse_settings_flags(tokens: Sequence[str]) -> dict[str, Any]:
+    """The TrainSettings fields that crack-train flags set (e.g. an ablation's ``--loss asymmetric``).
+
+    ValueError names a flag that is not a training setting or a value that does not parse.
+    """
+    p = argparse.ArgumentParser(prog="crack-train", add_help=False, exit_on_error=False, allow_abbrev=False)
+    _add_settings_flags(p)
+    try:
+        ns, rest = p.parse_known_args(list(tokens))
+    except argparse.ArgumentError as e:
+        raise ValueError(str(e)) from None
+    if rest:
+        raise ValueError(f"{' '.join(rest)}: not a crack-train training flag")
+    return {k: v for k, v in vars(ns).items() if v is not None and k != "config"}
 
 
 def _settings(ns: argparse.Namespace, **forced: Any) -> TrainSettings:
@@ -178,6 +195,28 @@ def cmd_engine(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablation(ns: argparse.Namespace) -> int:
+    from trainer import ablation
+
+    cfg = ablation.load_settings(ns.config, **{k: getattr(ns, k) for k in ablation.AblationSettings.model_fields})
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(cfg.work / "ablation.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s", "%H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    try:
+        ablation.run(cfg)
+        return exits.OK
+    except TrainerError as e:
+        log.error("event=failed exit=%d %s", e.exit_code, str(e).splitlines()[0])
+        raise
+    except (ablation.Interrupted, KeyboardInterrupt) as e:
+        print(f"crack-train ablation: interrupted ({e}); run the same command again to resume", file=sys.stderr)
+        return exits.INTERRUPTED
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="crack-train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
@@ -254,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=int, default=0, help="CUDA device")
     p.add_argument("--opt-level", type=int, choices=range(6), help="builder optimisation level (TensorRT default 3)")
     p.set_defaults(func=cmd_engine)
+    from trainer.ablation.plan import add_flags
+
+    p = sub.add_parser("ablation", help="the distillation ablation in one budgeted, resumable command",
+                       description="Teacher, soft labels, students, judged side by side (docs/ablation.md).")
+    add_flags(p)
+    p.set_defaults(func=cmd_ablation)
     # quantize owns its parser (trainer/quantize.py); listed here so --help shows it.
     sub.add_parser("quantize", add_help=False,
                    help="INT8 QDQ ONNX with an accuracy guard (crack-train quantize -h for its flags)")

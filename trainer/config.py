@@ -1,29 +1,26 @@
 """The settings of a training run (teacher, plain or distilled student), one pydantic model.
 
-Precedence: command-line flags > environment (``CRACK_TRAIN_<FIELD>``) > TOML file (``--config``)
-> defaults.  Unknown keys are refused, so a typo in a TOML file fails at start-up.
+Precedence: command-line flags > environment (``CRACK_TRAIN_<FIELD>``) > TOML file (``--config``,
+its ``[train]`` table or its top level) > defaults, applied by the shared loader
+(:mod:`common.settings`).  Unknown keys are refused, in the file and in the environment
+(``CRACK_TRAIN_BATCHSIZE`` is an error naming it), all of them at once.
 """
 from __future__ import annotations
 
 import typing
-
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from common import settings
 from trainer.errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+ENV_PREFIX = "CRACK_TRAIN_"
 
 
-class TrainSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CRACK_TRAIN_", extra="forbid", validate_default=True)
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     arch: str = Field("student", description="Registered model variant: student, teacher, student-mcld")
     data: list[str] = Field(default_factory=lambda: ["../shared/datasets/crackforest:train"],
@@ -93,46 +90,16 @@ class TrainSettings(BaseSettings):
         return 1e-3 if self.optimizer == "adamw" else 5e-5
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self.data = data
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ is used instead
-        return self.data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self.data)
+S = typing.TypeVar("S", bound=BaseModel)
 
 
-S = typing.TypeVar("S", bound=BaseSettings)
-
-
-def load_section_settings(cls: type[S], section: str, toml_path: Path | None, flags: dict[str, Any]) -> S:
-    """Flags (None = not given) > environment > the TOML file's ``[section]`` table (or its top level)."""
-    data: dict[str, Any] = {}
-    if toml_path is not None:
-        try:
-            data = tomllib.loads(Path(toml_path).read_text())
-        except FileNotFoundError as e:
-            raise ConfigError(f"{toml_path}: config file not found") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{toml_path}: invalid TOML: {e}") from e
-        data = data.get(section, data)
-
-    class _Bound(cls):  # type: ignore[misc,valid-type]
-        @classmethod
-        def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                       file_secret_settings):
-            return init_settings, env_settings, _TomlSource(settings_cls, data)
-
+def load_section_settings(cls: type[S], section: str, toml_path: Path | None, flags: dict[str, Any],
+                          env_prefix: str = ENV_PREFIX) -> S:
+    """Flags (None = not given) > ``env_prefix`` environment > the TOML file's ``[section]`` table (or its top level)."""
     try:
-        bound = _Bound(**{k: v for k, v in flags.items() if v is not None})
-    except ValidationError as e:
-        where = f" (config {toml_path})" if toml_path else ""
-        raise ConfigError(f"invalid {section} settings{where}: {e}") from e
-    # Re-validated as the public class so callers never see the local subclass.
-    return cls.model_construct(**bound.model_dump())
+        return settings.load(cls, env_prefix=env_prefix, toml=toml_path, section=section, flags=flags)
+    except settings.SettingsError as e:
+        raise ConfigError(str(e)) from None
 
 
 def load_settings(toml_path: Path | None = None, **flags: Any) -> TrainSettings:

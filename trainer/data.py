@@ -180,7 +180,7 @@ def normalise(bgr: np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
     """HxWx3 uint8 BGR -> 3xHxW float32 as ``spec`` says (default: the default variant's registry entry).
 
     A thin user of :func:`models.preprocess.normalise`, kept for trainer/engine.py and
-    tools/ablation.py until they feed frames through :class:`models.preprocess.Preprocessor`.
+    `crack-train ablation` until they feed frames through :class:`models.preprocess.Preprocessor`.
     """
     return _normalise(bgr, spec or variant_defaults(DEFAULT_VARIANT))
 

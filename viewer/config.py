@@ -2,26 +2,22 @@
 
 Shared settings sit at the top level (``connect``, ``subscribe``...); each command has its own
 section (``[watch]``, ``[record]``, ``[replay]``, ``[relay]``), and its env names follow the
-section path: ``CRACK_VIEWER_WATCH__TILE_WIDTH=800``.  Unknown keys fail at start-up, naming
-the key and where it came from.
+section path: ``CRACK_VIEWER_WATCH__TILE_WIDTH=800``.  The shared loader (:mod:`common.settings`)
+refuses unknown keys and bad values at start-up, all of them at once, each naming its key and
+where it came from.
 """
 from __future__ import annotations
 
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from common import settings
+from common.settings import NoDecode
 from edge.wire import Defaults
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 ENV_PREFIX = "CRACK_VIEWER_"
 _ENDPOINT = re.compile(r"^(tcp|ipc|inproc|pgm|epgm|ws|wss)://\S+$")
@@ -106,12 +102,10 @@ class RelayConfig(_Section):
     _bind = field_validator("bind")(_check_endpoint)
 
 
-class ViewerConfig(BaseSettings):
+class ViewerConfig(BaseModel):
     """Everything `crack-viewer` reads; validated once at start-up and passed down."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True,
-    )
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     config: Path | None = Field(None, description="TOML file read before env and flags")
     connect: Annotated[list[str], NoDecode] = Field(
@@ -141,16 +135,6 @@ class ViewerConfig(BaseSettings):
     def _endpoints(cls, value: list[str]) -> list[str]:
         return [_check_endpoint(v) for v in value]
 
-    @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = init_settings.init_kwargs.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        if toml:
-            sources += (TomlConfigSettingsSource(settings_cls, toml_file=Path(toml)),)
-        return sources
-
     def require(self, command: str) -> None:
         """Check what `command` needs beyond the types; ConfigError names the missing key."""
         if command == "watch" and self.watch.headless and self.watch.out is None:
@@ -179,49 +163,11 @@ class ViewerConfig(BaseSettings):
         return load_client(self.server_key or None, self.key, endpoints=len(self.connect))
 
 
-def _env_names(model: type[BaseModel], prefix: str) -> set[str]:
-    names = set()
-    for name, field in model.model_fields.items():
-        names.add(prefix + name.upper())
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            names |= _env_names(ann, prefix + name.upper() + "__")
-    return names
-
-
 def load_config(flags: dict[str, Any] | None = None) -> ViewerConfig:
     """Build and validate the settings; ``flags`` is a nested dict of the options given (None = unset)."""
-    environ = os.environ
-    known = _env_names(ViewerConfig, ENV_PREFIX)
-    unknown = sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known)
-    if unknown:
-        raise ConfigError(f"env {unknown[0]}: unknown setting (known: {', '.join(sorted(known))})")
-    init = _drop_none(flags or {})
-    toml = init.get("config") or environ.get(f"{ENV_PREFIX}CONFIG")
-    if toml:
-        path = Path(toml)
-        try:
-            tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config {path}: file not found") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"config {path}: {e}") from None
+    flags = settings.drop_none(flags or {})
+    toml = flags.get("config") or os.environ.get(f"{ENV_PREFIX}CONFIG")
     try:
-        return ViewerConfig(**init)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        where = f" (TOML {toml}, env {ENV_PREFIX}* or flags)" if toml else f" (env {ENV_PREFIX}* or flags)"
-        raise ConfigError(f"{loc}: {first['msg']}{where}") from None
-
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            v = _drop_none(v)
-            if not v:
-                continue
-        if v is not None:
-            out[k] = v
-    return out
+        return settings.load(ViewerConfig, env_prefix=ENV_PREFIX, toml=toml, flags=flags)
+    except settings.SettingsError as e:
+        raise ConfigError(str(e)) from None

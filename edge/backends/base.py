@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from models.card import ModelCard
 
@@ -82,6 +83,22 @@ def backend_class(name: str) -> type[Backend]:
         return getattr(importlib.import_module(module), cls)
     except ImportError as e:
         raise BackendUnavailable(f"backend {name!r} cannot be imported: {e}") from e
+
+
+def options_model(name: str) -> type[BaseModel]:
+    """The ``Options`` model of backend ``name`` (the keys ``backend.options`` may hold for it).
+
+    It lives in the backend's own module, beside the code that reads it; importing that module
+    does not import the runtime.
+    """
+    module = BACKENDS[name].split(":")[0]
+    return getattr(importlib.import_module(module), "Options")
+
+
+class BackendOptions(BaseModel):
+    """Base of each backend's ``Options``: unknown keys are refused, naming the key."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def available_backends() -> list[str]:

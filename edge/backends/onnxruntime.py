@@ -5,8 +5,16 @@ import importlib.util
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from edge.backends.base import Backend, BackendError
+from edge.backends.base import Backend, BackendError, BackendOptions
+
+
+class Options(BackendOptions):
+    """``backend.options`` for ONNX Runtime (threads and precision are ``backend`` fields)."""
+
+    providers: list[str] | None = Field(None, min_length=1, description=(
+        "Execution providers in order of preference (default: CUDA, then CPU); absent ones are skipped"))
 
 
 class OnnxRuntimeBackend(Backend):

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
-from edge.backends.base import Backend, BackendError
+from edge.backends.base import Backend, BackendError, BackendOptions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ def auto_streams(cores: int | None = None) -> int:
     """Streams when the config says 0: two on a multi-core CPU (throughput at bounded latency)."""
     cores = cores or os.cpu_count() or 1
     return 2 if cores >= 2 else 1
+
+
+class Options(BackendOptions):
+    """``backend.options`` for OpenVINO (threads, streams, precision and cache_dir are ``backend`` fields)."""
+
+    device: str | None = Field(None, min_length=1, description="OpenVINO device to compile for (default: CPU)")
 
 
 class OpenVINOBackend(Backend):

@@ -43,8 +43,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from pydantic import BaseModel, Field
 
-from edge.backends.base import Backend, BackendError, BackendUnavailable
+from edge.backends.base import Backend, BackendError, BackendOptions, BackendUnavailable
 from models.card import sha256_file
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,21 @@ NEWEST_MAJOR = 11
 SUPPORTED = ("TensorRT 10.0-10.x (JetPack 6.1/6.2: 10.3) for fp32, fp16, bf16 and int8 (Q/DQ); "
              "TensorRT 11.x for fp32, int8 (Q/DQ) and fp16 from an fp16 ONNX file")
 BF16_MIN_CC = (8, 0)         # Ampere and later (Orin is 8.7)
+
+
+class _ProfileOptions(BaseModel, extra="forbid"):
+    min: tuple[int, int] | None = None
+    opt: tuple[int, int] | None = None
+    max: tuple[int, int] | None = None
+
+
+class Options(BackendOptions):
+    """``backend.options`` for TensorRT (its defaults are applied where the options are read, below)."""
+
+    device: int | None = Field(None, ge=0, description="CUDA device index (default 0)")
+    workspace_mb: int | None = Field(None, ge=1, description="Builder workspace, MiB (default 1024)")
+    profile: _ProfileOptions | None = Field(None, description="Optimisation profile [H, W] sizes: min, opt, max")
+    opt_level: int | None = Field(None, ge=0, le=5, description="Builder optimisation level (default TensorRT's, 3)")
 
 
 class EngineRefused(BackendError):

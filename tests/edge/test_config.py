@@ -99,8 +99,10 @@ def test_inference_size_forms(given, expected):
 
 
 def test_backend_options_reach_the_runtime(tmp_path, monkeypatch):
-    b = BackendConfig(name="onnxruntime", threads=2, precision="int8", cache_dir=tmp_path, options={"x": 1})
-    assert b.runtime_options() == {"x": 1, "threads": 2, "precision": "int8", "cache_dir": str(tmp_path)}
+    b = BackendConfig(name="onnxruntime", threads=2, precision="int8", cache_dir=tmp_path,
+                      options={"providers": ["CPUExecutionProvider"]})
+    assert b.runtime_options() == {"providers": ["CPUExecutionProvider"], "threads": 2, "precision": "int8",
+                                   "cache_dir": str(tmp_path)}
     monkeypatch.setenv("CACHE_DIRECTORY", "/var/cache/crack-edge")
     assert BackendConfig().runtime_options() == {"cache_dir": "/var/cache/crack-edge"}
 
@@ -126,3 +128,56 @@ def test_inference_size_follows_the_card_unless_configured():
     assert inference_size(EdgeConfig(), native) == "native"
     pinned = EdgeConfig.model_validate({"model": {"inference_size": [320, 480]}})
     assert inference_size(pinned, native) == (320, 480)
+
+
+@pytest.mark.parametrize("backend, options, named", [
+    ("onnxruntime", 'provider = ["CPUExecutionProvider"]', "provider: unknown key for backend onnxruntime"),
+    ("openvino", 'devise = "CPU"', "devise: unknown key for backend openvino"),
+    ("tensorrt", "workspace = 512", "workspace: unknown key for backend tensorrt"),
+    ("tensorrt", "profile = { mx = [64, 64] }", "profile.mx: unknown key"),
+    ("tensorrt", "device = -1", "device: Input should be greater than or equal to 0"),
+    ("auto", 'providers = ["CPUExecutionProvider"]', "set backend.name"),
+])
+def test_a_typo_in_backend_options_is_refused_naming_the_key(tmp_path, backend, options, named):
+    toml = tmp_path / "edge.toml"
+    toml.write_text(f'[backend]\nname = "{backend}"\n[backend.options]\n{options}\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(toml)
+    assert f"{toml}: backend.options: " in str(e.value) and named in str(e.value), str(e.value)
+
+
+def test_backend_options_from_toml_and_environment_reach_the_runtime(tmp_path, monkeypatch):
+    toml = tmp_path / "edge.toml"
+    toml.write_text('[backend]\nname = "tensorrt"\n[backend.options]\nprofile = { max = [640, 640] }\n')
+    monkeypatch.setenv("CRACK_EDGE_BACKEND__OPTIONS__WORKSPACE_MB", "256")
+    opts = load_config(toml).backend.runtime_options()
+    assert opts["workspace_mb"] == 256 and opts["profile"] == {"max": (640, 640)}
+    from edge.backends.tensorrt import profile_from_options
+
+    assert profile_from_options(opts, (448, 448)).max_hw == (640, 640)
+
+
+def test_every_problem_is_reported_at_once_with_its_origin(tmp_path, monkeypatch):
+    toml = tmp_path / "edge.toml"
+    toml.write_text('[record]\nenable = true\n[publish]\nlinger_ms = -1\n')
+    monkeypatch.setenv("CRACK_EDGE_SOURCE__LOOP", "sometimes")
+    monkeypatch.setenv("CRACK_EDGE_SORCE__URI", "x.mp4")
+    with pytest.raises(ConfigError) as e:
+        load_config(toml, {"model": {"threshold": 2.0}})
+    text = str(e.value)
+    assert text.startswith("5 invalid settings:"), text
+    for line in ("env CRACK_EDGE_SORCE__URI: unknown setting", f"{toml}: record.enable: unknown key",
+                 f"{toml}: publish.linger_ms: ", "env CRACK_EDGE_SOURCE__LOOP: source.loop: ",
+                 "flag: model.threshold: "):
+        assert line in text, (line, text)
+
+
+def test_the_loaded_config_is_validated_and_knows_what_was_set(tmp_path, monkeypatch):
+    toml = tmp_path / "edge.toml"
+    toml.write_text('[publish]\nlinger_ms = 10\n')
+    monkeypatch.setenv("CRACK_EDGE_MODEL__THRESHOLD", "0.25")
+    cfg = load_config(toml, {"log_level": "DEBUG"})
+    assert type(cfg) is EdgeConfig
+    # What the operator set, and only that: a constructed (unvalidated) copy would claim every field.
+    assert cfg.model_dump(exclude_unset=True) == {"log_level": "DEBUG", "model": {"threshold": 0.25},
+                                                  "publish": {"linger_ms": 10}}

@@ -1,4 +1,4 @@
-"""tools/ablation.py at toy scale: the whole process tree on a tiny synthetic set, every artefact re-read.
+"""`crack-train ablation` at toy scale: the whole process tree on a tiny synthetic set, every artefact re-read.
 
 The real run (33 M-parameter teacher, 1.18 M students, 448x448, minutes per model) belongs on a GPU.
 Here teacher and students are the small registered ``student-mcld`` variant (exporting the plain
@@ -8,8 +8,8 @@ resume, report and collection are exercised for real in about a minute.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -20,20 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from trainer.ablation import jobs
+from trainer.cli import main
+
 REPO = Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "ablation.py"
 ROWS = ["teacher", "plain", "kd-T5", "kd-T10", "hyper-best"]
 GRID = {round(t, 2) for t in np.arange(0.05, 0.96, 0.05)}
-
-
-@pytest.fixture(scope="module")
-def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(spec.name, None)
 
 
 def toy_args(data: Path, work: Path, collect: Path) -> list[str]:
@@ -48,8 +40,10 @@ def toy_args(data: Path, work: Path, collect: Path) -> list[str]:
 
 
 def run_tool(args: list[str], timeout: float = 400) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(TOOL), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CRACK_TRAIN_", "CRACK_ABLATION_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return subprocess.run([sys.executable, "-m", "trainer.cli", "ablation", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +124,6 @@ def test_markdown_table_has_every_row_and_column(toy):
 def test_collected_files_fit_the_limits_and_unpack_into_the_work_layout(toy, tmp_path):
     from edge.backends.base import create_backend
     from models.card import load_card, sha256_file
-    from trainer.cli import main
-
     collect, work = toy["collect"], toy["work"]
     files = sorted(p.name for p in collect.iterdir())
     assert len(files) <= 8 and {"ablation.json", "ablation.md"} <= set(files)
@@ -173,7 +165,8 @@ def test_the_same_command_again_resumes_and_redoes_nothing(toy):
     before = {p: p.stat().st_mtime_ns for p in watched}
     proc = run_tool(toy["args"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "event=start job=" not in proc.stderr and "event=run cmd='crack-train export" not in proc.stderr
+    assert "event=start job=" not in proc.stderr and "event=export model=" not in proc.stderr
+    assert "event=eval model=" not in proc.stderr
     for step in ("job=teacher", "job=labels-T5", "job=kd-T10", "job=hyper-best", "step=export model=plain",
                  "step=eval model=teacher split=test", "step=bench model=kd-T5"):
         assert f"event=skip {step}" in proc.stderr, step
@@ -183,7 +176,7 @@ def test_the_same_command_again_resumes_and_redoes_nothing(toy):
 
 
 @pytest.mark.timeout(420)
-def test_refusals_name_the_setting_and_exit_with_its_status(toy, tmp_path, ablation, capsys):
+def test_refusals_name_the_setting_and_exit_with_its_status(toy, tmp_path, capsys, monkeypatch):
     base = toy_args(toy["data"], tmp_path / "w", tmp_path / "c")
     cases = [
         (["--student-args=--data elsewhere"], 78, "--data is set by the ablation itself"),
@@ -191,10 +184,14 @@ def test_refusals_name_the_setting_and_exit_with_its_status(toy, tmp_path, ablat
         (["--size", "30"], 78, "size 30 must be a multiple of 4"),
         (["--cfd", str(tmp_path / "nowhere")], 66, "nowhere: CrackForest folder not found"),
         (["--work", str(toy["work"]), "--temperatures", "5", "15"], 78, "temperatures: [5.0, 10.0] -> [5.0, 15.0]"),
+        (["--teacher-args=--los asymmetric"], 78, "--los asymmetric: not a crack-train training flag"),
     ]
     for extra, status, message in cases:
-        assert ablation.main([*base, *extra]) == status, extra
+        assert main(["ablation", *base, *extra]) == status, extra
         assert message in capsys.readouterr().err, extra
+    monkeypatch.setenv("CRACK_ABLATION_STUDENT_BUDGET", "5")  # the setting is student_budget_s
+    assert main(["ablation", *base]) == 78
+    assert "env CRACK_ABLATION_STUDENT_BUDGET: unknown setting" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(420)
@@ -216,16 +213,16 @@ def test_a_failed_student_is_reported_and_the_other_rows_still_come_back(toy, tm
     assert "Rows not measured: " in (work / "ablation.md").read_text()
 
 
-def test_a_run_over_its_budget_gets_sigterm_and_its_time_is_recorded(ablation, tmp_path):
+def test_a_run_over_its_budget_gets_sigterm_and_its_time_is_recorded(tmp_path):
     # A stand-in for crack-train with the same contract: SIGTERM -> exit 130 after cleaning up.
     child = ("import signal, sys, time\n"
              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
              "print('started', flush=True)\n"
              "time.sleep(60)\n")
     state = tmp_path / "run" / "ablation-state.json"
-    job = ablation.Job("sleeper", [sys.executable, "-c", child], tmp_path / "sleeper.log", 1.0, state, spent_s=5.0)
+    job = jobs.Job("sleeper", [sys.executable, "-c", child], tmp_path / "sleeper.log", 1.0, state, spent_s=5.0)
     finished = []
-    ablation.run_jobs([job], 1, ablation.Clock(0), 30, "test", on_done=finished.append)
+    jobs.run_jobs([job], 1, jobs.Clock(0), 30, "test", on_done=finished.append)
     assert finished == [job] and job.over_budget and job.rc == 130
     assert job.elapsed() < 30
     recorded = json.loads(state.read_text())
@@ -233,15 +230,15 @@ def test_a_run_over_its_budget_gets_sigterm_and_its_time_is_recorded(ablation, t
     assert "started" in (tmp_path / "sleeper.log").read_text()
 
 
-def test_interrupting_the_stage_stops_its_running_jobs(ablation, tmp_path):
+def test_interrupting_the_stage_stops_its_running_jobs(tmp_path):
     child = "import time\ntime.sleep(60)\n"
-    job = ablation.Job("sleeper", [sys.executable, "-c", child], tmp_path / "s.log", 100.0)
-    clock = ablation.Clock(0)
+    job = jobs.Job("sleeper", [sys.executable, "-c", child], tmp_path / "s.log", 100.0)
+    clock = jobs.Clock(0)
     signal.signal(signal.SIGALRM, lambda *a: setattr(clock, "stop_requested", True))
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
-        with pytest.raises(ablation.Interrupted):
-            ablation.run_jobs([job], 1, clock, 30, "test")
+        with pytest.raises(jobs.Interrupted):
+            jobs.run_jobs([job], 1, clock, 30, "test")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)

@@ -27,9 +27,9 @@ def test_precedence_flags_env_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_bad_settings_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     toml = tmp_path / "v.toml"
     toml.write_text("[watch]\ntile_widht = 300\n")
-    with pytest.raises(ConfigError, match=r"watch\.tile_widht: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"watch\.tile_widht: unknown key"):
         load_config({"config": str(toml)})
-    with pytest.raises(ConfigError, match="missing.toml: file not found"):
+    with pytest.raises(ConfigError, match="missing.toml: config file not found"):
         load_config({"config": str(tmp_path / "missing.toml")})
     with pytest.raises(ConfigError, match=r"connect: .*localhost:5555.* is not a ZeroMQ endpoint"):
         load_config({"connect": ["localhost:5555"]})
@@ -80,3 +80,29 @@ def test_viewer_imports_no_heavy_runtime() -> None:
 
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+
+def test_every_bad_setting_is_reported_at_once_naming_key_and_origin(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "v.toml"
+    toml.write_text('stale_after_s = -1\n[watch]\ntile_widht = 300\n[record]\nmax_file_mb = "big"\n')
+    monkeypatch.setenv("CRACK_VIEWER_WATCH__COLUMNS", "99")
+    monkeypatch.setenv("CRACK_VIEWER_REPLAY__SPED", "2")
+    with pytest.raises(ConfigError) as e:
+        load_config({"config": str(toml), "connect": ["nonsense"]})
+    text = str(e.value)
+    for line in (f"{toml}: stale_after_s: ", f"{toml}: watch.tile_widht: unknown key",
+                 f"{toml}: record.max_file_mb: ", "env CRACK_VIEWER_WATCH__COLUMNS: watch.columns: ",
+                 "env CRACK_VIEWER_REPLAY__SPED: unknown setting in replay", "flag: connect: 'nonsense'"):
+        assert line in text, (line, text)
+    assert text.startswith("6 invalid settings:")
+
+
+def test_a_toml_that_is_not_toml_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "v.toml"
+    bad.write_bytes(b"[watch\n")
+    with pytest.raises(ConfigError, match=r"v\.toml: not valid TOML"):
+        load_config({"config": str(bad)})
+    bad.write_bytes(b"title = '\xff'\n")
+    with pytest.raises(ConfigError, match=r"v\.toml: not valid TOML: not UTF-8"):
+        load_config({"config": str(bad)})
