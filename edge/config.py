@@ -205,6 +205,9 @@ class HistoryConfig(Section):
         "ZeroMQ endpoint the history service (a ROUTER socket) binds, e.g. tcp://0.0.0.0:5556: viewers ask it "
         "for the masks they missed, served from this daemon's own recording (needs [record] enabled; secured "
         "like the PUB socket). Unset: no history service"))
+    advertise: str | None = Field(None, description=(
+        "The endpoint status headers name for viewers to connect to (default: `endpoint`; a wildcard host such "
+        "as 0.0.0.0 is replaced by viewers with the host they subscribe to)"))
     batch_records: int = Field(64, ge=1, le=256, description="Most masks in one reply (a larger range is served in batches)")
     batch_bytes: int = Field(4 * 2**20, ge=64 * 2**10, le=64 * 2**20, description=(
         "Most bytes of masks in one reply (a reply holds at least one mask)"))
@@ -216,6 +219,13 @@ class HistoryConfig(Section):
     @classmethod
     def _endpoint(cls, v: str | None) -> str | None:
         return None if v is None else _check_endpoint(v)
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 256 or not re.match(r"^(tcp://[^:\s]+:\d+|ipc://\S+)$", v)):
+            raise ValueError(f"{v[:64]!r} is not an endpoint a viewer can connect to, like tcp://10.0.0.5:5556")
+        return v
 
 
 class PositionConfig(Section):

@@ -232,7 +232,7 @@ class Daemon:
         """Where a viewer that missed masks asks for them, and which seqs it may ask for."""
         published = self.pipeline.seq["mask"]
         first = self.history_index.span()[0] if self.history_index is not None else None
-        fields: dict[str, Any] = {"history": self.history.endpoint if self.history is not None else None,
+        fields: dict[str, Any] = {"history": (self.cfg.history.advertise or self.history.endpoint) if self.history is not None else None,
                                   "first_mask_seq": first, "last_mask_seq": published - 1 if published else None}
         if self.history is not None:
             fields["history_stats"] = self.history.status()
