@@ -282,7 +282,7 @@ class HistoryServer:
         self.sock: Any = None
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        self.limit = RateLimit(cfg.rate_bytes_per_s, max(cfg.batch_bytes, cfg.rate_bytes_per_s))
+        self.limit = RateLimit(cfg.rate_bytes_per_s, cfg.rate_bytes_per_s)  # a burst of one second at most
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.served = 0          # masks sent
