@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from edge import history, wire
 
@@ -123,6 +123,7 @@ class RunTrack:
     held: SeqRanges = field(default_factory=SeqRanges)
     lost: SeqRanges = field(default_factory=SeqRanges)
     last_live: int = -1                 # highest seq received live
+    first_live: int = -1                # lowest seq received live
     last_mask_seq: int = -1             # highest seq the vehicle says it published (status)
     history: str | None = None          # the endpoint to ask (resolved), None: no history service
     last_heard: float = -1e18           # monotonic time of the last live message
@@ -135,27 +136,31 @@ class RunTrack:
     def upto(self) -> int:
         return max(self.last_live, self.last_mask_seq)
 
-    def missing(self) -> list[tuple[int, int]]:
-        return self.held.gaps(0, self.upto(), self.lost) if self.upto() >= 0 else []
+    def missing(self, from_start: bool = True) -> list[tuple[int, int]]:
+        lo = 0 if from_start else self.first_live
+        return self.held.gaps(lo, self.upto(), self.lost) if self.upto() >= 0 and lo >= 0 else []
 
 
 class Backfiller:
-    """Tracks seqs per (vehicle, run) and fills the gaps of ``writer``'s recording from the vehicles.
+    """Tracks seqs per (vehicle, run) and fills the gaps from the vehicles' history services.
 
-    ``curve`` (edge.security.ClientCurve) and ``connect`` (the viewer's endpoints, in the order of
+    ``sink(frames, t_recv)`` takes each mask that comes back (checked first): ``record`` writes it
+    into its recording marked backfilled, ``watch`` counts it in its figures.  ``curve`` (edge.security.ClientCurve) and ``connect`` (the viewer's endpoints, in the order of
     its server keys) choose the keys of each history endpoint; ``enabled=False`` only tracks and
-    reports what is missing.
+    reports what is missing.  ``from_start``: every seq from 0 (a recording); otherwise only the gaps
+    after the first mask received live (a watch counts what it missed, not the run before it).
     """
 
-    def __init__(self, writer: Any, connect: Iterable[str], curve: Any = None, stale_after_s: float = 3.0,
-                 enabled: bool = True) -> None:
+    def __init__(self, sink: Callable[[list[bytes], float], None], connect: Iterable[str], curve: Any = None,
+                 stale_after_s: float = 3.0, enabled: bool = True, from_start: bool = True) -> None:
         import zmq
 
-        self.writer = writer
+        self.sink = sink
         self.connect = list(connect)
         self.curve = curve
         self.stale_after_s = stale_after_s
         self.enabled = enabled
+        self.from_start = from_start
         self.tracks: dict[tuple[str, str], RunTrack] = {}
         self.ctx = zmq.Context()
         self.socks: dict[str, Any] = {}
@@ -198,6 +203,7 @@ class Backfiller:
             t = self._track(ident[0], ident[1])
             self._add_held(t, ident[2])
             t.last_live = max(t.last_live, ident[2])
+            t.first_live = ident[2] if t.first_live < 0 else min(t.first_live, ident[2])
             t.last_heard = now
         elif topic.startswith(wire.STATUS_PREFIX.encode()):
             try:
@@ -270,7 +276,7 @@ class Backfiller:
             log.info("event=backfill_timeout vehicle=%s run_id=%s id=%d", t.vehicle_id, t.run_id, t.outstanding[0])
             self.by_request.pop(t.outstanding[0], None)
             t.outstanding = None
-        gaps = t.missing()
+        gaps = t.missing(self.from_start)
         if not gaps:
             if t.busy:
                 t.busy = False
@@ -367,7 +373,7 @@ class Backfiller:
                 continue
             if r.seq in t.held:
                 continue
-            self.writer.write(r.frames, r.t_recv, backfilled=True)  # RecordingError: the app stops
+            self.sink(r.frames, r.t_recv)  # a RecordingError stops the app, as a live write's does
             self._add_held(t, r.seq)
             wrote += 1
         t.backfilled += wrote
@@ -391,7 +397,7 @@ class Backfiller:
 
     def pending(self) -> bool:
         """True while some run with a reachable history service still misses seqs."""
-        return any(t.history is not None and t.missing() for t in self.tracks.values())
+        return any(t.history is not None and t.missing(self.from_start) for t in self.tracks.values())
 
     def close(self) -> None:
         for t in self.tracks.values():
@@ -401,8 +407,13 @@ class Backfiller:
         self.socks.clear()
         self.ctx.term()
 
+    @staticmethod
+    def into(writer: Any) -> Callable[[list[bytes], float], None]:
+        """The sink that writes into a recording, marked backfilled, at the vehicle's time."""
+        return lambda frames, t_recv: writer.write(frames, t_recv, backfilled=True)
+
     def _report_missing(self, t: RunTrack) -> None:
-        gaps = t.missing()
+        gaps = t.missing(self.from_start)
         if gaps:
             log.warning("event=backfill_missing vehicle=%s run_id=%s count=%d ranges=%s history=%s",
                         t.vehicle_id, t.run_id, sum(b - a + 1 for a, b in gaps), _fmt(gaps), t.history or "none")

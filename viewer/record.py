@@ -34,7 +34,7 @@ class RecordApp(SubscriberApp):
         assert self.rcfg.out is not None
         self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
                                       int(self.rcfg.max_total_mb * 2**20))
-        self.backfill = Backfiller(self.writer, self.cfg.connect, self.cfg.client_curve(), self.cfg.stale_after_s,
+        self.backfill = Backfiller(Backfiller.into(self.writer), self.cfg.connect, self.cfg.client_curve(), self.cfg.stale_after_s,
                                    enabled=self.rcfg.backfill)
         self.backfill.load_existing(self.rcfg.out)
         self.t0 = time.monotonic()

@@ -229,7 +229,7 @@ def test_backfill_fills_the_gaps_and_reports_what_is_lost(vehicle, tmp_path, cap
     first, _ = v.index.span()
     assert 5 < first < n - 45, "the test needs the oldest files deleted and 45 masks after them"
     desk = RecordingWriter(tmp_path / "desk", "rec")
-    bf = Backfiller(desk, ["tcp://127.0.0.1:5555"], stale_after_s=3.0)
+    bf = Backfiller(Backfiller.into(desk), ["tcp://127.0.0.1:5555"], stale_after_s=3.0)
     live = [s for s in range(n) if not first + 10 <= s < first + 40]  # a late start and a partition
     live = [s for s in live if s >= first - 5]
     for s in live:
@@ -260,7 +260,7 @@ def test_backfill_writes_nothing_that_is_not_the_mask_asked_for(tmp_path, zmq_ct
     router.linger = 0
     port = router.bind_to_random_port("tcp://127.0.0.1")
     desk = RecordingWriter(tmp_path / "desk", "rec")
-    bf = Backfiller(desk, ["tcp://127.0.0.1:5555"])
+    bf = Backfiller(Backfiller.into(desk), ["tcp://127.0.0.1:5555"])
     bf.observe(mask_frames(5))
     bf.observe(status_frames(5, f"tcp://127.0.0.1:{port}"))
     bf.tick()
