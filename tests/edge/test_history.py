@@ -372,3 +372,30 @@ def test_history_without_recording_is_a_config_error(student_onnx, edge_daemon, 
     d = edge_daemon("--model", str(student_onnx), "--history", f"tcp://127.0.0.1:{free_port()}")
     assert d.wait(60) == 78
     assert "history.endpoint needs record.enabled" in d.log()
+
+
+# ------------------------------------------------------------------ readers of a backfilled recording
+
+
+def test_report_and_replay_read_a_backfilled_recording_in_seq_order(tmp_path):
+    from viewer.report.load import load_frames
+
+    w = RecordingWriter(tmp_path / "desk", "rec")
+    for s in [0, 1, 2, 6, 7]:
+        w.write(mask_frames(s), 1.7e9 + s)
+    for s in [3, 4, 5, 6]:  # filled in later; 6 came twice
+        w.write(mask_frames(s), 1.7e9 + s, backfilled=True)
+    w.close()
+    assert [f.seq for f in load_frames([tmp_path / "desk"])] == list(range(8))
+    assert [mask_key(r.frames)[1] for r in read_in_seq_order(tmp_path / "desk", mask_key)] == list(range(8))
+
+
+@pytest.mark.parametrize("field, value", [("history", 5), ("first_mask_seq", "0"), ("last_mask_seq", -1),
+                                          ("last_mask_seq", True), ("history", "tcp://" + "x" * 300)])
+def test_status_history_fields_are_checked(field, value):
+    frames = status_frames(3, "tcp://127.0.0.1:5556")
+    h = json.loads(frames[1])
+    h[field] = value
+    with pytest.raises(wire.WireError):
+        wire.decode_header([frames[0], json.dumps(h).encode()])
+    assert wire.decode_header(status_frames(None, None))[2]["history"] is None

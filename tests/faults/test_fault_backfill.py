@@ -105,6 +105,11 @@ class Rig:
         self.spawn(self.ns_v, name, self.env, "viewer.cli", "record", "--connect", f"tcp://{D_ADDR}:{PUB}",
                    "--out", str(self.desk_rec), "--stale-after", "3", *self.client)
 
+    def start_watch(self) -> None:
+        self.spawn(self.ns_v, "watch", self.env, "viewer.cli", "watch", "--headless", "--out", str(self.root / "watch"),
+                   "--connect", f"tcp://{D_ADDR}:{PUB}", "--stale-after", "3", "--tile-width", "160",
+                   "--refresh-hz", "5", *self.client)
+
     def vehicle_masks(self) -> dict[int, list[bytes]]:
         return {k[1]: r.frames for r in read_records(self.vehicle_rec) if (k := mask_key(r.frames))} \
             if self.vehicle_rec.exists() else {}
@@ -150,8 +155,11 @@ def live_rate(records: list, t0: float, t1: float) -> float:
     return n / (t1 - t0) if t1 > t0 else math.nan
 
 
-def run_case(rig: Rig, case: str, disturb, figures, late: bool = False, recorder_log: str = "recorder") -> None:
+def run_case(rig: Rig, case: str, disturb, figures, late: bool = False, recorder_log: str = "recorder",
+             watch: bool = False) -> dict:
     rig.start_daemon()
+    if watch:
+        rig.start_watch()
     if late:
         assert wait_for(lambda: len(rig.vehicle_masks()) >= 1, 60), "the daemon published nothing"
         time.sleep(LATE_S)
@@ -172,6 +180,8 @@ def run_case(rig: Rig, case: str, disturb, figures, late: bool = False, recorder
     rig.stop("daemon")
     time.sleep(1.5)  # the last masks and the final status reach the desk
     rig.stop(recorder_log)
+    if watch:
+        rig.stop("watch")
     vehicle = rig.vehicle_masks()
     desk = rig.desk_records()
     seqs = [mask_key(r.frames)[1] for r in desk]
@@ -192,6 +202,7 @@ def run_case(rig: Rig, case: str, disturb, figures, late: bool = False, recorder
                    live_rate_during_backfill_hz=round(during, 2), live_rate_without_backfill_hz=round(without, 2),
                    live_rate_ratio=round(during / without, 3) if without else None,
                    lost_lines=text.count("event=backfill_lost"), byte_identical=True)
+    return {"backfilled": backfilled}
 
 
 def test_link_down_is_backfilled(rig, figures):
@@ -200,7 +211,15 @@ def test_link_down_is_backfilled(rig, figures):
         time.sleep(LINK_DOWN_S)
         sh("ip", "-n", rig.ns_d, "link", "set", rig.if_d, "up")
         return time.time()
-    run_case(rig, f"backfill_link_down_{LINK_DOWN_S:g}s", disturb, figures)
+    run_case(rig, f"backfill_link_down_{LINK_DOWN_S:g}s", disturb, figures, watch=True)
+    # The watch beside the recorder counted the masks it missed live, and got them all back.
+    lines = (rig.root / "watch.log").read_text().splitlines()
+    stats = [line for line in lines if "event=vehicle_stats" in line]
+    assert stats, "the watch wrote no figures"
+    fields = dict(kv.split("=", 1) for kv in stats[-1].split() if "=" in kv)
+    mask_drops = sum(int(line.rsplit("lost=", 1)[1].split()[0]) for line in lines
+                     if "event=seq_gap" in line and "kind=mask" in line)
+    assert mask_drops > 0 and int(fields["recovered"]) == mask_drops, (mask_drops, stats[-1])
 
 
 def test_blackhole_is_backfilled(rig, figures):
