@@ -283,6 +283,8 @@ class HistoryServer:
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.limit = RateLimit(cfg.rate_bytes_per_s, cfg.rate_bytes_per_s)  # a burst of one second at most
+        # A batch never takes more than ~2 s of the pace, so a viewer hears back well within its timeout.
+        self.batch_bytes = max(1, min(cfg.batch_bytes, 2 * cfg.rate_bytes_per_s))
         self.requests = 0
         self.refused: dict[str, int] = {}
         self.served = 0          # masks sent
@@ -393,7 +395,8 @@ class HistoryServer:
             log.warning("event=history_request_refused reason=%s count=%d detail=%r", reason, n, detail[:120])
 
     def batch(self, req: Request) -> tuple[Batch, int]:
-        """The reply to ``req`` and its bytes of masks: at most batch_records masks and ~batch_bytes."""
+        """The reply to ``req`` and its bytes of masks: at most batch_records masks and ~batch_bytes
+        (and two seconds' worth of ``rate_bytes_per_s``)."""
         from edge.recording import read_record_at
 
         first, last = self.index.span()
@@ -413,7 +416,7 @@ class HistoryServer:
             found = self.index.lookup(covered + 1, b, limit)
             stopped = False
             for seq, path, offset in found:
-                if (out.records and size >= self.cfg.batch_bytes) or len(out.lost) >= MAX_LOST_RANGES - 2:
+                if (out.records and size >= self.batch_bytes) or len(out.lost) >= MAX_LOST_RANGES - 2:
                     stopped = True
                     break
                 if seq > covered + 1:  # seqs the recording never got (a failed write stopped it)

@@ -35,7 +35,7 @@ from edge import history, wire
 log = logging.getLogger(__name__)
 
 ASK_MAX = 4096             # seqs asked for in one request (the vehicle answers in batches anyway)
-REPLY_TIMEOUT_S = 10.0     # a request unanswered this long is asked again (a duplicate is not written twice)
+REPLY_TIMEOUT_S = 15.0     # a request unanswered this long is asked again (a duplicate is not written twice)
 RETRY_S = 2.0              # after a reply that brought nothing new
 MAX_RUNS = 256             # (vehicle, run) pairs tracked; the least recently heard is forgotten beyond
 MAX_RANGES = 100_000       # intervals per run: a hostile seq pattern cannot grow the state without bound

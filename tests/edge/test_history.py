@@ -399,3 +399,13 @@ def test_status_history_fields_are_checked(field, value):
     with pytest.raises(wire.WireError):
         wire.decode_header([frames[0], json.dumps(h).encode()])
     assert wire.decode_header(status_frames(None, None))[2]["history"] is None
+
+
+def test_history_port_taken_is_unavailable(student_onnx, edge_daemon, tmp_path, zmq_ctx):
+    taken = zmq_ctx.socket(zmq.ROUTER)
+    taken.linger = 0
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    d = edge_daemon(*daemon_args(student_onnx, f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{port}",
+                                 tmp_path / "rec"))
+    assert d.wait(60) == 69
+    assert f"history.endpoint=tcp://127.0.0.1:{port}: cannot bind" in d.log()
