@@ -40,6 +40,8 @@ RETRY_S = 2.0              # after a reply that brought nothing new
 MAX_RUNS = 256             # (vehicle, run) pairs tracked; the least recently heard is forgotten beyond
 MAX_RANGES = 100_000       # intervals per run: a hostile seq pattern cannot grow the state without bound
 REPLIES_PER_TICK = 32
+MAX_SOCKETS = 64           # history endpoints connected at once (a vehicle cannot make us open more)
+LOST_LOG_FIRST, LOST_LOG_EVERY = 20, 100   # backfill_lost lines per run; the summary gives every range
 WILDCARD_HOSTS = {"*", "0.0.0.0", "::", ""}
 
 
@@ -131,6 +133,7 @@ class RunTrack:
     next_try: float = 0.0
     backfilled: int = 0
     busy: bool = False                  # asking now (for the "drained" log line)
+    lost_lines: int = 0
     overflow: bool = False
 
     def upto(self) -> int:
@@ -240,7 +243,7 @@ class Backfiller:
     def _resolve(self, endpoint: str) -> str | None:
         """The endpoint to connect to: a wildcard host (``tcp://0.0.0.0:5556``) takes the host we subscribe to."""
         scheme, _, rest = endpoint.partition("://")
-        if scheme not in ("tcp", "ipc", "inproc") or not rest:
+        if scheme not in ("tcp", "ipc") or not rest:
             return None
         if scheme != "tcp":
             return endpoint
@@ -312,6 +315,12 @@ class Backfiller:
 
         from viewer.sockets import MAX_RECEIVE_FRAME_BYTES, apply_defaults
 
+        if len(self.socks) >= MAX_SOCKETS:
+            if "max_sockets" not in self._warned:
+                self._warned.add("max_sockets")
+                log.warning("event=backfill_too_many_endpoints max=%d history=%s (not connected)", MAX_SOCKETS, endpoint)
+            return None
+
         sock = apply_defaults(self.ctx.socket(zmq.DEALER))
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 4)
@@ -381,8 +390,10 @@ class Backfiller:
         for a, b, why in batch.lost:
             for ga, gb in t.held.gaps(a, b, t.lost):
                 t.lost.add(ga, gb)
-                log.warning("event=backfill_lost vehicle=%s run_id=%s from_seq=%d to_seq=%d count=%d reason=%s",
-                            t.vehicle_id, t.run_id, ga, gb, gb - ga + 1, why)
+                t.lost_lines += 1
+                if t.lost_lines <= LOST_LOG_FIRST or t.lost_lines % LOST_LOG_EVERY == 0:
+                    log.warning("event=backfill_lost vehicle=%s run_id=%s from_seq=%d to_seq=%d count=%d reason=%s",
+                                t.vehicle_id, t.run_id, ga, gb, gb - ga + 1, why)
         if batch.last_seq is not None:
             t.last_mask_seq = max(t.last_mask_seq, batch.last_seq)
         # More of the range is waiting: ask at once.  Nothing new came: give the vehicle a moment.
@@ -417,9 +428,9 @@ class Backfiller:
         if gaps:
             log.warning("event=backfill_missing vehicle=%s run_id=%s count=%d ranges=%s history=%s",
                         t.vehicle_id, t.run_id, sum(b - a + 1 for a, b in gaps), _fmt(gaps), t.history or "none")
-        if t.backfilled or t.lost.count():
-            log.info("event=backfill_summary vehicle=%s run_id=%s backfilled=%d lost=%d", t.vehicle_id, t.run_id,
-                     t.backfilled, t.lost.count())
+        if t.backfilled or len(t.lost):
+            log.info("event=backfill_summary vehicle=%s run_id=%s backfilled=%d lost=%d lost_ranges=%s", t.vehicle_id,
+                     t.run_id, t.backfilled, t.lost.count(), _fmt([(a, b) for a, b in t.lost.r]) or "-")
 
 
 def _host(endpoint: str) -> str:
