@@ -149,7 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if model is not None:
             model.close()
     print(f"config ok: vehicle_id={cfg.vehicle_id} endpoint={cfg.publish.endpoint} "
-          f"security={'curve' if cfg.security.enabled else 'none'}")
+          f"security={'curve' if cfg.security.enabled else 'none'} history={cfg.history.endpoint or 'none'}")
     print(f"model ok: {model.path} backend={model.backend.name} precision={info.get('precision') or model.card.precision} "
           f"size={model.size} threshold={model.threshold}")
     print(f"source ok: {spec.kind} {spec.target} frame={shape[1]}x{shape[0]}")

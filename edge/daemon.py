@@ -104,7 +104,8 @@ class Daemon:
             self.history_index = HistoryIndex(self.run_id)  # follows the recording, record by record
         recorder = loader.open_recorder(cfg, observer=self.history_index)
         self.ctx, self.sock = loader.open_publisher(cfg, self.security)
-        self.history = loader.open_history(cfg, self.ctx, self.security, self.history_index)
+        self.history = loader.open_history(cfg, self.ctx, self.security, self.history_index,
+                                           recording=lambda: self.pipeline is not None and self.pipeline.recorder is not None)
         every = loader.every_frame(cfg, spec)
         self.pipeline = loader.build_pipeline(cfg, model, self.sock, self.run_id, every=every, recorder=recorder,
                                               position=self.position)

@@ -277,8 +277,12 @@ class HistoryServer:
 
     POLL_MS = 100
 
-    def __init__(self, ctx: Any, cfg: Any, index: HistoryIndex, curve: Any = None) -> None:
+    def __init__(self, ctx: Any, cfg: Any, index: HistoryIndex, curve: Any = None,
+                 recording: Any = None) -> None:
         self.ctx, self.cfg, self.index, self.curve = ctx, cfg, index, curve
+        # ``recording()`` False: the daemon's recording has stopped (disk full), so what lies beyond
+        # the index will never be recorded and is answered as lost, not as "not yet".
+        self.recording = recording if recording is not None else (lambda: True)
         self.sock: Any = None
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
@@ -405,6 +409,8 @@ class HistoryServer:
             out.lost = [(req.from_seq, req.to_seq, "unknown_run")]
             return out, 0
         if first is None or last is None or req.from_seq > last:
+            if not self.recording():
+                out.lost = [(req.from_seq, req.to_seq, "not_recorded")]
             return out, 0  # not recorded yet: nothing to give, nothing lost (next_seq None)
         a, b = req.from_seq, min(req.to_seq, last)
         covered, size = a - 1, 0
@@ -431,6 +437,9 @@ class HistoryServer:
             if not stopped and len(found) < limit and covered < b:
                 _lose(out, covered + 1, b, "not_recorded")
                 covered = b
+        if covered == b < req.to_seq and not self.recording() and len(out.lost) < MAX_LOST_RANGES:
+            _lose(out, b + 1, req.to_seq, "not_recorded")
+            covered = req.to_seq
         out.to_seq = covered
         out.next_seq = covered + 1 if covered < min(req.to_seq, last) else None
         return out, size

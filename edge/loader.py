@@ -349,7 +349,7 @@ def open_recorder(cfg: EdgeConfig, observer: Any = None) -> Any:
     return writer
 
 
-def open_history(cfg: EdgeConfig, ctx: Any, curve: Any, index: Any) -> Any:
+def open_history(cfg: EdgeConfig, ctx: Any, curve: Any, index: Any, recording: Any = None) -> Any:
     """The history service bound on ``history.endpoint`` in the publisher's context (None when unset).
 
     Bound like the PUB socket: CurveZMQ with the same keys and authorised viewers before bind;
@@ -361,7 +361,7 @@ def open_history(cfg: EdgeConfig, ctx: Any, curve: Any, index: Any) -> Any:
 
     from edge.history import HistoryServer
 
-    server = HistoryServer(ctx, cfg.history, index, curve)
+    server = HistoryServer(ctx, cfg.history, index, curve, recording)
     try:
         server.open()
     except zmq.ZMQError as e:

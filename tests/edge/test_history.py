@@ -13,7 +13,6 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -409,3 +408,12 @@ def test_history_port_taken_is_unavailable(student_onnx, edge_daemon, tmp_path, 
                                  tmp_path / "rec"))
     assert d.wait(60) == 69
     assert f"history.endpoint=tcp://127.0.0.1:{port}: cannot bind" in d.log()
+
+
+def test_after_the_recording_stopped_the_rest_is_lost_not_pending(vehicle, zmq_ctx):
+    v = vehicle(5)
+    v.server.recording = lambda: False  # what the daemon says once its recorder hit a full disk
+    b = history.decode_reply(ask(zmq_ctx, v.endpoint, history.encode_request(history.Request(1, RUN, 3, 9))))
+    assert [r.seq for r in b.records] == [3, 4] and b.lost == [(5, 9, "not_recorded")] and b.next_seq is None
+    b = history.decode_reply(ask(zmq_ctx, v.endpoint, history.encode_request(history.Request(2, RUN, 7, 9))))
+    assert not b.records and b.lost == [(7, 9, "not_recorded")]
