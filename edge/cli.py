@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pace", action="store_true", default=None, help="read files at their own frame rate (camera emulation)")
     run.add_argument("--position", metavar="KIND", help="position source: none, gpsd, nmea-serial, nmea-log, gpx-log, exif, fixed")
     run.add_argument("--record", metavar="DIR", help="append every published message to recordings in DIR")
+    run.add_argument("--history", metavar="ENDPOINT", help=(
+        "serve the recording to viewers that missed masks on ENDPOINT (a ROUTER socket; needs --record)"))
     run.add_argument("--wait-subscriber", type=float, metavar="S", help="wait up to S seconds for a first subscriber before reading")
     run.add_argument("--no-frame", dest="frame_jpeg", action="store_false", default=None, help="do not attach the JPEG frame")
 
@@ -93,7 +95,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         "log_level": get("log_level").upper() if get("log_level") else None,
         "publish.endpoint": get("publish"), "pipeline.max_frames": get("max_frames"), "source.mode": get("mode"),
         "source.loop": get("loop"), "position.kind": get("position"), "source.pace": get("pace"), "publish.wait_subscriber_s": get("wait_subscriber"),
-        "publish.frame_jpeg": get("frame_jpeg"),
+        "publish.frame_jpeg": get("frame_jpeg"), "history.endpoint": get("history"),
     }
     if get("record"):
         flat.update({"record.enabled": True, "record.directory": get("record")})
@@ -147,7 +149,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         if model is not None:
             model.close()
     print(f"config ok: vehicle_id={cfg.vehicle_id} endpoint={cfg.publish.endpoint} "
-          f"security={'curve' if cfg.security.enabled else 'none'}")
+          f"security={'curve' if cfg.security.enabled else 'none'} history={cfg.history.endpoint or 'none'}")
     print(f"model ok: {model.path} backend={model.backend.name} precision={info.get('precision') or model.card.precision} "
           f"size={model.size} threshold={model.threshold}")
     print(f"source ok: {spec.kind} {spec.target} frame={shape[1]}x{shape[0]}")

@@ -184,13 +184,7 @@ class PublishConfig(Section):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, v: str) -> str:
-        m = re.match(r"^(tcp://[^:]+:(\d+|\*)|ipc://.+|inproc://.+)$", v)
-        if not m:
-            raise ValueError(f"{v!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555 or ipc:///run/crack-edge/pub")
-        port = m.group(2)
-        if port is not None and port != "*" and not 1 <= int(port) <= 65535:
-            raise ValueError(f"{v!r}: port {port} is not in 1..65535 (ZeroMQ would bind a random port)")
-        return v
+        return _check_endpoint(v)
 
 
 class RecordConfig(Section):
@@ -205,6 +199,44 @@ class RecordConfig(Section):
         if not self.directory.is_absolute() and os.environ.get("STATE_DIRECTORY"):
             return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / self.directory
         return self.directory
+
+
+def _check_endpoint(v: str) -> str:
+    m = re.match(r"^(tcp://[^:]+:(\d+|\*)|ipc://.+|inproc://.+)$", v)
+    if not m:
+        raise ValueError(f"{v!r} is not a ZeroMQ endpoint like tcp://127.0.0.1:5555 or ipc:///run/crack-edge/pub")
+    port = m.group(2)
+    if port is not None and port != "*" and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{v!r}: port {port} is not in 1..65535 (ZeroMQ would bind a random port)")
+    return v
+
+
+class HistoryConfig(Section):
+    endpoint: str | None = Field(None, description=(
+        "ZeroMQ endpoint the history service (a ROUTER socket) binds, e.g. tcp://0.0.0.0:5556: viewers ask it "
+        "for the masks they missed, served from this daemon's own recording (needs [record] enabled; secured "
+        "like the PUB socket). Unset: no history service"))
+    advertise: str | None = Field(None, description=(
+        "The endpoint status headers name for viewers to connect to (default: `endpoint`; a wildcard host such "
+        "as 0.0.0.0 is replaced by viewers with the host they subscribe to)"))
+    batch_records: int = Field(64, ge=1, le=256, description="Most masks in one reply (a larger range is served in batches)")
+    batch_bytes: int = Field(4 * 2**20, ge=64 * 2**10, le=64 * 2**20, description=(
+        "Most bytes of masks in one reply (a reply holds at least one mask)"))
+    rate_bytes_per_s: int = Field(2 * 2**20, ge=64 * 2**10, description=(
+        "History replies are paced to this many bytes per second, so the live masks keep their rate on the link"))
+    send_hwm: int = Field(8, ge=1, le=1024, description="Replies queued per viewer before they are dropped (never blocks)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _check_endpoint(v)
+
+    @field_validator("advertise")
+    @classmethod
+    def _advertise(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 256 or not re.match(r"^(tcp://[^:\s]+:\d+|ipc://\S+)$", v)):
+            raise ValueError(f"{v[:64]!r} is not an endpoint a viewer can connect to, like tcp://10.0.0.5:5556")
+        return v
 
 
 class PositionConfig(Section):
@@ -283,6 +315,18 @@ class EdgeConfig(BaseModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Threads, queues and stopping")
     security: SecurityConfig = Field(default_factory=SecurityConfig, description="CurveZMQ keys of the PUB socket")
     position: PositionConfig = Field(default_factory=PositionConfig, description="Where the vehicle is (GPS)")
+    history: HistoryConfig = Field(default_factory=HistoryConfig, description=(
+        "The history service: the daemon's recording served to viewers that missed masks"))
+
+    @model_validator(mode="after")
+    def _history_needs_recording(self) -> "EdgeConfig":
+        ep = self.history.endpoint
+        if ep is not None and not self.record.enabled:
+            raise ValueError("history.endpoint needs record.enabled = true (the history is served from the "
+                             "daemon's own recording: --record DIR)")
+        if ep is not None and ep == self.publish.endpoint:
+            raise ValueError(f"history.endpoint {ep} is publish.endpoint as well; give each its own port")
+        return self
 
     @field_validator("vehicle_id")
     @classmethod

@@ -53,6 +53,8 @@ class Daemon:
         self.watchdog_held = False
         self.capture_started = False
         self.position: Any = None
+        self.history: Any = None
+        self.history_index: Any = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -96,8 +98,14 @@ class Daemon:
         self.backend = model.backend
         self.model_sha256, self.size = model.sha256, model.size
         self.position = loader.open_position_source(cfg)
-        recorder = loader.open_recorder(cfg)
+        if cfg.history.endpoint is not None:
+            from edge.history import HistoryIndex
+
+            self.history_index = HistoryIndex(self.run_id)  # follows the recording, record by record
+        recorder = loader.open_recorder(cfg, observer=self.history_index)
         self.ctx, self.sock = loader.open_publisher(cfg, self.security)
+        self.history = loader.open_history(cfg, self.ctx, self.security, self.history_index,
+                                           recording=lambda: self.pipeline is not None and self.pipeline.recorder is not None)
         every = loader.every_frame(cfg, spec)
         self.pipeline = loader.build_pipeline(cfg, model, self.sock, self.run_id, every=every, recorder=recorder,
                                               position=self.position)
@@ -105,11 +113,13 @@ class Daemon:
             self.position.start()
         self.supervisor = SourceSupervisor(spec, cfg.source, self.pipeline.put_frame)
         self.pipeline.start()
+        if self.history is not None:
+            self.history.start()
         self.state = "running"
         log.info("ready vehicle_id=%s run_id=%s backend=%s model=%s sha256=%s size=%s threshold=%s endpoint=%s "
-                 "source=%s kind=%s mode=%s", cfg.vehicle_id, self.run_id, self.backend.name, model.path,
+                 "source=%s kind=%s mode=%s history=%s", cfg.vehicle_id, self.run_id, self.backend.name, model.path,
                  self.model_sha256[:12], self.size, model.threshold, cfg.publish.endpoint, spec.uri, spec.kind,
-                 "every" if every else "latest")
+                 "every" if every else "latest", cfg.history.endpoint or "-")
         systemd.notify("READY=1\nSTATUS=model loaded, socket bound, starting the source")
 
     def main_loop(self) -> None:
@@ -172,6 +182,8 @@ class Daemon:
         if result.removed:
             # ZAP is asked only at connect: cut every connection so that each is authorised again.
             self.pipeline.call_on_socket(self.security.reauthenticate)
+            if self.history is not None:
+                self.history.reauthenticate()
 
     def watchdog(self, now: float) -> None:
         if self.watchdog_period is None or now < self.next_watchdog:
@@ -214,7 +226,18 @@ class Daemon:
             "record": {"enabled": self.cfg.record.enabled, "active": p.recorder is not None,
                        "errors": p.counters.record_errors},
             **({"position": self.position.status()} if self.position is not None else {}),
+            **self.history_fields(),
         }
+
+    def history_fields(self) -> dict[str, Any]:
+        """Where a viewer that missed masks asks for them, and which seqs it may ask for."""
+        published = self.pipeline.seq["mask"]
+        first = self.history_index.span()[0] if self.history_index is not None else None
+        fields: dict[str, Any] = {"history": (self.cfg.history.advertise or self.history.endpoint) if self.history is not None else None,
+                                  "first_mask_seq": first, "last_mask_seq": published - 1 if published else None}
+        if self.history is not None:
+            fields["history_stats"] = self.history.status()
+        return fields
 
     @staticmethod
     def status_line(h: dict[str, Any]) -> str:
@@ -242,6 +265,8 @@ class Daemon:
             if not p.stop(timeout=1.0):
                 log.warning("pipeline threads did not end in time; leaving them")
         threads_done = p is None or not p.alive()
+        if self.history is not None:
+            self.history.stop(timeout=1.0)  # its socket is closed before the context is terminated
         if self.sock is not None and threads_done:
             self.sock.close(self.cfg.publish.linger_ms)
             if self.security is not None:

@@ -276,6 +276,8 @@ def check_security(cfg: EdgeConfig) -> None:
     sec = cfg.security
     try:
         check_policy(cfg.publish.endpoint, sec.enabled, sec.allow_insecure, "security")
+        if cfg.history.endpoint is not None:
+            check_policy(cfg.history.endpoint, sec.enabled, sec.allow_insecure, "security")
         if sec.enabled:
             load_secret(sec.resolved_secret_key(), "security.secret_key")
             _, skipped = read_authorised(sec.authorized_keys, "security.authorized_keys")
@@ -292,6 +294,8 @@ def open_security(cfg: EdgeConfig) -> Any:
     sec = cfg.security
     try:
         check_policy(cfg.publish.endpoint, sec.enabled, sec.allow_insecure, "security")
+        if cfg.history.endpoint is not None:  # the history holds the same masks: the same rule
+            check_policy(cfg.history.endpoint, sec.enabled, sec.allow_insecure, "security")
         if not sec.enabled:
             return None
         return CurveServer(sec.resolved_secret_key(), sec.authorized_keys)
@@ -328,8 +332,11 @@ def open_publisher(cfg: EdgeConfig, curve: Any = None) -> tuple[Any, Any]:
     return ctx, sock
 
 
-def open_recorder(cfg: EdgeConfig) -> Any:
-    """The recording writer (None when recording is off); 78 for a bad setting, 73 for a folder not writable."""
+def open_recorder(cfg: EdgeConfig, observer: Any = None) -> Any:
+    """The recording writer (None when recording is off); 78 for a bad setting, 73 for a folder not writable.
+
+    ``observer`` (the history index) is told where each record went and which files rotated away.
+    """
     rec = cfg.record
     if not rec.enabled:
         return None
@@ -338,13 +345,34 @@ def open_recorder(cfg: EdgeConfig) -> Any:
     directory = rec.resolved_directory()
     try:
         writer = RecordingWriter(directory, prefix=rec.prefix, max_file_bytes=rec.max_file_bytes,
-                                 max_total_bytes=rec.max_total_bytes)
+                                 max_total_bytes=rec.max_total_bytes, observer=observer)
     except ValueError as e:
         raise StartupError(f"record: {e}", exits.CONFIG) from None
     except RecordingError as e:
         raise StartupError(f"record.directory={directory}: {e}", exits.CANTCREAT) from None
     log.info("recording directory=%s prefix=%s", directory, rec.prefix)
     return writer
+
+
+def open_history(cfg: EdgeConfig, ctx: Any, curve: Any, index: Any, recording: Any = None) -> Any:
+    """The history service bound on ``history.endpoint`` in the publisher's context (None when unset).
+
+    Bound like the PUB socket: CurveZMQ with the same keys and authorised viewers before bind;
+    a taken port is 69, any other bind failure 78.  Serving starts with :meth:`HistoryServer.start`.
+    """
+    if cfg.history.endpoint is None:
+        return None
+    import zmq
+
+    from edge.history import HistoryServer
+
+    server = HistoryServer(ctx, cfg.history, index, curve, recording)
+    try:
+        server.open()
+    except zmq.ZMQError as e:
+        code = exits.UNAVAILABLE if e.errno == zmq.EADDRINUSE else exits.CONFIG
+        raise StartupError(f"history.endpoint={cfg.history.endpoint}: cannot bind: {e}", code) from None
+    return server
 
 
 def every_frame(cfg: EdgeConfig, spec: Any) -> bool:

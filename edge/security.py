@@ -367,20 +367,30 @@ class CurveServer:
         self.refusals = _RefusalLog()
         self.auth: _Authenticator | None = None
         self.watch: _HandshakeWatch | None = None
+        self.more_watches: list[_HandshakeWatch] = []
 
     def attach(self, sock: zmq.Socket) -> zmq.Socket:
-        """Make ``sock`` a CURVE server guarded by ZAP; must precede bind()."""
-        self.auth = _Authenticator(sock.context, self.names, self.refusals)
-        self.auth.start()
-        self._authorise(self.names)
+        """Make ``sock`` a CURVE server guarded by ZAP; must precede bind().
+
+        A second socket of the same context (the daemon's history service) shares the one ZAP
+        thread, so the same authorised viewers, reloads and refusal log apply to both.
+        """
+        if self.auth is None:
+            self.auth = _Authenticator(sock.context, self.names, self.refusals)
+            self.auth.start()
+            self._authorise(self.names)
         sock.curve_secretkey = self.secret
         sock.curve_publickey = self.public
         sock.curve_server = True
         monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
                                           | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                                           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-        self.watch = _HandshakeWatch(monitor, self.refusals)
-        self.watch.start()
+        watch = _HandshakeWatch(monitor, self.refusals)
+        watch.start()
+        if self.watch is None:
+            self.watch = watch
+        else:
+            self.more_watches.append(watch)
         log.info("event=curve_server public_key=%s authorised=%d folder=%s", self.public.decode(),
                  len(self.names), self.folder)
         return sock
@@ -439,10 +449,11 @@ class CurveServer:
 
     def close(self) -> None:
         """Stop the monitor and ZAP threads; call after closing the socket, before terminating the context."""
-        if self.watch is not None:
-            self.watch.stop_event.set()
-            self.watch.join(2.0)
-            self.watch = None
+        for watch in [self.watch, *self.more_watches]:
+            if watch is not None:
+                watch.stop_event.set()
+                watch.join(2.0)
+        self.watch, self.more_watches = None, []
         if self.auth is not None:
             if self.auth.is_alive():
                 self.auth.pipe.sndtimeo = 1000  # a PAIR send to a dead thread would wait for ever

@@ -49,6 +49,11 @@ OPTIONAL_MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
     "position": (dict, type(None)), "ground": (dict, type(None)), "cracks": (list, type(None)),
 }
 MAX_CRACKS = 32
+# Optional status fields (the history service, issue #17): absent is fine, present must be right.
+OPTIONAL_STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "history": (str, type(None)), "first_mask_seq": (int, type(None)), "last_mask_seq": (int, type(None)),
+}
+MAX_ENDPOINT_CHARS = 256
 
 MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
     "schema": int, "kind": str, "vehicle_id": str, "run_id": str, "seq": int,
@@ -203,6 +208,13 @@ def _check_values(header: dict[str, Any], kind: str) -> None:
         if value is not None and not 0 <= value < MAX_INT:
             raise WireError("bad_field", f"{name}={value} out of 0..2**53")
     if kind == "status":
+        _check_fields(header, OPTIONAL_STATUS_FIELDS, optional=True)
+        for name in ("first_mask_seq", "last_mask_seq"):
+            value = header.get(name)
+            if value is not None and not 0 <= value < MAX_INT:
+                raise WireError("bad_field", f"{name}={value} out of 0..2**53")
+        if len(header.get("history") or "") > MAX_ENDPOINT_CHARS:
+            raise WireError("bad_field", f"history endpoint longer than {MAX_ENDPOINT_CHARS} characters")
         return
     _check_fields(header, OPTIONAL_MASK_FIELDS, optional=True)
     for name in ("frame_width", "frame_height"):

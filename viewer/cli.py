@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--refresh-hz", type=float, metavar="HZ", help="window repaint rate")
     w.add_argument("--snapshot-dir", metavar="DIR", help="where the s key saves PNG snapshots")
     w.add_argument("--title", help="window title")
+    w.add_argument("--no-backfill", dest="backfill", action="store_false", default=None,
+                   help="do not ask the vehicle's history service for the masks missed (figures count them)")
 
     r = sub.add_parser("record", help="write every message verbatim to a rotated, crash-safe recording")
     _common(r)
@@ -104,7 +106,8 @@ def _flags(a: argparse.Namespace) -> dict[str, Any]:
     if a.command == "watch":
         flags["watch"] = {"headless": a.headless, "out": a.out, "format": a.format, "count": a.count,
                           "duration": a.duration, "tile_width": a.tile_width, "columns": a.columns,
-                          "refresh_hz": a.refresh_hz, "snapshot_dir": a.snapshot_dir, "title": a.title}
+                          "refresh_hz": a.refresh_hz, "snapshot_dir": a.snapshot_dir, "title": a.title,
+                          "backfill": a.backfill}
     elif a.command == "record":
         flags["record"] = {"out": a.out, "prefix": a.prefix, "count": a.count, "duration": a.duration,
                            "max_file_mb": a.max_file_mb, "max_total_mb": a.max_total_mb,

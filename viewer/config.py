@@ -56,6 +56,9 @@ class WatchConfig(_Section):
     snapshot_dir: Path = Field(Path("."), description="Folder where the `s` key saves snapshots")
     title: str = Field("crack-viewer", description="Window title")
     mp4_fps: float = Field(10.0, gt=0, le=120, description="Frame rate written into a headless MP4")
+    backfill: bool = Field(True, description=(
+        "Ask the vehicle's history service for masks missed, so the figures (drops, recovered) count them; "
+        "they are counted, not painted"))
 
 
 MIN_FILE_MB = 1 / 16

@@ -1,7 +1,9 @@
 """`crack-viewer record`: every message, verbatim, with its receive time, into a rotated recording.
 
-Nothing is decoded before writing (a replay must give back the bytes received, bad ones too);
-the decoder only counts what kinds went by for the summary line.
+Nothing is changed before writing (a replay must give back the bytes received, bad ones too).
+Unless ``--no-backfill``, the masks missed (link down, queue full, a late start, a restart onto
+this folder) are asked for from the vehicle's history service and written in marked backfilled
+(``viewer/backfill.py``).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import time
 from common import exits
 from edge.recording import RecordingDiskFull, RecordingError, RecordingWriter
 from edge.wire import MASK_PREFIX, STATUS_PREFIX
+from viewer.backfill import Backfiller
 from viewer.config import ViewerConfig
 from viewer.subscriber import SubscriberApp
 
@@ -31,6 +34,9 @@ class RecordApp(SubscriberApp):
         assert self.rcfg.out is not None
         self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
                                       int(self.rcfg.max_total_mb * 2**20))
+        self.backfill = Backfiller(Backfiller.into(self.writer), self.cfg.connect, self.cfg.client_curve(), self.cfg.stale_after_s,
+                                   enabled=self.rcfg.backfill)
+        self.backfill.load_existing(self.rcfg.out)
         self.t0 = time.monotonic()
         self.open_subscriber()
         log.info("event=record_started out=%s endpoints=%s", self.rcfg.out, ",".join(self.cfg.connect))
@@ -38,6 +44,12 @@ class RecordApp(SubscriberApp):
     async def main_loop(self) -> None:
         while not self.should_exit:
             await asyncio.sleep(0.05)
+            try:
+                self.backfill.tick()
+            except RecordingError as e:  # the same end as a live write that fails
+                log.error("event=record_failed out=%s error=%s", self.rcfg.out, e)
+                self.exit_code = exits.IOERR
+                self.should_exit = True
             if self.rcfg.duration is not None and time.monotonic() - self.t0 >= self.rcfg.duration:
                 self.should_exit = True
             if self.receiver.done():
@@ -55,14 +67,17 @@ class RecordApp(SubscriberApp):
 
     async def shutdown(self) -> None:
         await self.close_subscriber()
+        self.backfill.close()
         self.writer.close()
-        log.info("event=record_summary out=%s messages=%d masks=%d statuses=%d other=%d bytes=%d",
-                 self.rcfg.out, self.writer.records, self.masks, self.statuses, self.other, self.writer.bytes_written)
+        log.info("event=record_summary out=%s messages=%d masks=%d statuses=%d other=%d backfilled=%d bytes=%d",
+                 self.rcfg.out, self.writer.records, self.masks, self.statuses, self.other, self.backfill.backfilled,
+                 self.writer.bytes_written)
 
     def on_frames(self, frames: list[bytes], t_wall: float) -> None:
         if self.should_exit:
             return
         self.writer.write(frames, t_wall)  # RecordingError ends the receiver; main_loop reports it
+        self.backfill.observe(frames)
         topic = bytes(frames[0][:16]) if frames else b""
         if topic.startswith(MASK_PREFIX.encode()):
             self.masks += 1

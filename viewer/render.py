@@ -86,7 +86,8 @@ def text_lines(view: VehicleView, note: str = "") -> list[str]:
         f"fps {view.fps:.1f}  latency pub {_fmt(view.latency_publish_ms, '.0f', 'ms')}"
         f"  cap {_fmt(view.latency_capture_ms, '.0f', 'ms')}  infer {_fmt(view.infer_ms, '.0f', 'ms')}",
         f"crack {_fmt(ratio, '.2f', '%')}  len {_fmt(view.crack_length_px, '.0f', 'px')}"
-        f"  width {_fmt(view.crack_max_width_px, '.1f', 'px')}  drops {view.drops}  restarts {view.restarts}",
+        f"  width {_fmt(view.crack_max_width_px, '.1f', 'px')}  drops {view.drops}"
+        + (f" ({view.recovered} back)" if view.recovered else "") + f"  restarts {view.restarts}",
     ]
 
 

@@ -51,6 +51,7 @@ class VehicleView:
     backend: str | None = None
     source_state: str | None = None
     frame_size: tuple[int, int] | None = None  # (W, H) of the camera frame, when the daemon says it
+    recovered: int = 0                          # drops filled in later from the vehicle's history
 
 
 @dataclass
@@ -63,6 +64,7 @@ class VehicleState:
     masks: int = 0
     statuses: int = 0
     drops: int = 0
+    recovered: int = 0                                  # of the drops, masks filled in from the vehicle's history
     restarts: int = 0
     stale: bool = False
     stale_events: int = 0
@@ -118,6 +120,12 @@ class FleetState:
             v.statuses += 1
             v.status = h
         return v
+
+    def on_backfilled(self, vehicle_id: str, run_id: str) -> None:
+        """A mask missed live came back from the vehicle's history: a drop recovered (not painted)."""
+        v = self.vehicles.get(vehicle_id)
+        if v is not None and v.run_id == run_id:
+            v.recovered += 1
 
     def _restart(self, v: VehicleState, run_id: str, why: str) -> None:
         v.restarts += 1
@@ -177,7 +185,7 @@ class FleetState:
                 crack_max_width_px=mh.get("crack_max_width_px"), crack_count=mh.get("crack_count"),
                 mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
                 source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
-                frame_size=_frame_size(mh),
+                frame_size=_frame_size(mh), recovered=v.recovered,
             ))
         return out
 

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 
+from viewer.backfill import Backfiller, mask_ident
 from viewer.config import ViewerConfig
 from viewer.headless import HeadlessSink
 from viewer.render import render_fleet
@@ -54,6 +55,8 @@ class WatchApp(SubscriberApp):
 
             self.sink = None
             self.window = Window(self.wcfg.title)
+        self.backfill = Backfiller(self._recovered, self.cfg.connect, self.cfg.client_curve(), self.cfg.stale_after_s,
+                                   enabled=self.wcfg.backfill, from_start=False)
         self.open_subscriber()
         log.info("event=watch_started endpoints=%s mode=%s", ",".join(self.cfg.connect),
                  "headless" if self.sink else "window")
@@ -64,6 +67,7 @@ class WatchApp(SubscriberApp):
         while not self.should_exit:
             await asyncio.sleep(period)
             now = time.monotonic()
+            self.backfill.tick(now)
             if self.state.tick(now):
                 self._dirty = True
             if self.window is not None:
@@ -83,6 +87,7 @@ class WatchApp(SubscriberApp):
 
     async def shutdown(self) -> None:
         await self.close_subscriber()
+        self.backfill.close()
         if self.sink is not None:
             self.sink.close()
         if self.window is not None:
@@ -94,6 +99,7 @@ class WatchApp(SubscriberApp):
     def on_frames(self, frames: list[bytes], t_wall: float) -> None:
         if self.should_exit:
             return  # --count reached: the burst still queued in the socket writes no more pictures
+        self.backfill.observe(frames)
         msg = self.decoder(frames)
         if msg is None:
             return
@@ -112,6 +118,12 @@ class WatchApp(SubscriberApp):
             self.rendered += 1
         if self.wcfg.count is not None and self.masks >= self.wcfg.count:
             self.should_exit = True
+
+    def _recovered(self, frames: list[bytes], t_recv: float) -> None:
+        ident = mask_ident(frames)
+        if ident is not None:
+            self.state.on_backfilled(ident[0], ident[1])
+            self._dirty = True
 
     def _paint(self, now: float) -> None:
         # Repaint on news, and once a second anyway so "stale for N s" keeps counting.
@@ -159,5 +171,6 @@ class WatchApp(SubscriberApp):
                  "watch_summary" if final else "stats", self.sub.received, self.decoder.accepted,
                  self.decoder.rejected_total, self.rendered, self.sub.links_up, self.sub.links_down, bad)
         for v in self.state.vehicles.values():
-            log.info("event=vehicle_stats vehicle=%s run_id=%s masks=%d statuses=%d drops=%d restarts=%d stale=%s stale_events=%d",
-                     v.vehicle_id, v.run_id, v.masks, v.statuses, v.drops, v.restarts, v.stale, v.stale_events)
+            log.info("event=vehicle_stats vehicle=%s run_id=%s masks=%d statuses=%d drops=%d recovered=%d restarts=%d "
+                     "stale=%s stale_events=%d", v.vehicle_id, v.run_id, v.masks, v.statuses, v.drops, v.recovered,
+                     v.restarts, v.stale, v.stale_events)

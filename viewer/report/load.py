@@ -1,12 +1,17 @@
-"""Read recordings into mask observations, in seq order per (vehicle, run)."""
+"""Read recordings into mask observations, in seq order per (vehicle, run).
+
+A recording holding backfilled masks (issue #17) is read with ``edge.recording.read_in_seq_order``,
+the same reader replay uses, so a filled gap sits where it was published.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.recording import read_records
+from edge.recording import read_in_seq_order
 from edge.wire import WireError, decode_header
+from viewer.backfill import mask_key
 
 
 @dataclass
@@ -30,7 +35,7 @@ def load_frames(paths: list[str | Path]) -> list[Frame]:
     """Every mask message of the recordings, sorted by vehicle, run and seq; bad messages skipped."""
     out: list[Frame] = []
     for path in paths:
-        for rec in read_records(path):
+        for rec in read_in_seq_order(path, mask_key):
             try:
                 kind, vehicle, header = decode_header(rec.frames)
             except WireError:
