@@ -26,7 +26,8 @@ import zmq
 
 from edge import wire
 from edge.capture import Captured
-from edge.processing import Preprocessor, measure, threshold
+from edge.measure import measure_mask
+from edge.processing import Preprocessor, threshold
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ class Pipeline:
 
     def __init__(self, backend: Any, pre: Preprocessor, socket: zmq.Socket, ident: PipelineIdentity, *,
                  every_frame: bool, queue_size: int, max_frames: int = 0, recorder: Any = None,
-                 wait_subscriber_s: float = 0.0, position: Any = None) -> None:
+                 wait_subscriber_s: float = 0.0, position: Any = None, ground: Any = None) -> None:
         self.backend = backend
+        self.ground = ground      # edge.measure.Ground or None: measures in mm when set
         self.position = position  # edge.position.PositionSource or None: its at() never blocks
         self.pre = pre
         self.socket = socket
@@ -353,7 +355,8 @@ class Pipeline:
         ident = self.ident
         t0 = time.perf_counter()
         mask = threshold(item.prob, ident.threshold)
-        m = measure(mask, ident.min_component_px)
+        measured = measure_mask(mask, ident.min_component_px, self.ground)
+        m = measured.pixels
         t1 = time.perf_counter()
         png = wire.png_b64(mask)
         jpeg = wire.jpeg_b64(item.seen, ident.jpeg_quality) if ident.frame_jpeg else None
@@ -368,6 +371,7 @@ class Pipeline:
             # viewer needs this to show the picture with the road's true proportions.
             "frame_width": int(item.captured.image.shape[1]), "frame_height": int(item.captured.image.shape[0]),
         }
+        header.update(measured.header_fields())
         if self.position is not None:
             header["position"] = self.position.at(item.captured.t_capture)
         frames = wire.encode_mask(header, png, jpeg)
