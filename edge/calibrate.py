@@ -100,9 +100,10 @@ def dlt(img: np.ndarray, road: np.ndarray) -> np.ndarray:
     A[1::2, 3:6] = a
     A[1::2, 6:9] = -b[:, 1:2] * a
     _, sv, vt = np.linalg.svd(A)
-    if sv[-2] < 1e-9 * sv[0]:
-        raise CalibrationError("the points do not determine a homography (some coincide or too many share a "
-                               "line)", reason="collinear")
+    if sv[7] < 1e-9 * sv[0]:   # rank 8 (a 1-D null space) or the points leave the plane free
+        raise CalibrationError("the points do not determine a homography: three of the points lie on one line "
+                               "(or some coincide); use 4 with no 3 on a line, in the image and on the road",
+                               reason="collinear")
     Hn = vt[-1].reshape(3, 3)
     hs = np.linalg.svd(Hn, compute_uv=False)
     if hs[-1] < 1e-6 * hs[0]:
@@ -303,7 +304,8 @@ def section_text(cal: Calibration, keep: dict[str, Any] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-_HEADER = re.compile(r"^\s*\[")
+# A table header ([name] or [[name]]), not a row of a multi-line array such as "  [0.001, 0, 1.2],".
+_HEADER = re.compile(r"^\s*\[\[?\s*[A-Za-z_\"']")
 _GROUND = re.compile(r"^\s*\[\s*ground\s*\]\s*(#.*)?$")
 
 
