@@ -51,6 +51,8 @@ class VehicleView:
     backend: str | None = None
     source_state: str | None = None
     frame_size: tuple[int, int] | None = None  # (W, H) of the camera frame, when the daemon says it
+    position: dict[str, Any] | None = None      # the last mask's position (docs/protocol.md), as sent
+    ground: dict[str, Any] | None = None        # the last mask's ground figures (None: not calibrated)
 
 
 @dataclass
@@ -178,6 +180,8 @@ class FleetState:
                 mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
                 source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
                 frame_size=_frame_size(mh),
+                position=mh.get("position") if isinstance(mh.get("position"), dict) else None,
+                ground=mh.get("ground") if isinstance(mh.get("ground"), dict) else None,
             ))
         return out
 
