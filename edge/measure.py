@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from edge.processing import CrackMeasures, neighbour_codes, thin
+from edge.processing import CrackMeasures, thin
 
 MAX_CRACKS = 32                 # the wire's limit (edge.wire.MAX_CRACKS): the largest first
 FORWARDS = {"+y": (0.0, 1.0), "-y": (0.0, -1.0), "+x": (1.0, 0.0), "-x": (-1.0, 0.0)}
@@ -257,22 +257,37 @@ _CORNERS = _corner_lut()
 _COUNT = np.array([bin(c).count("1") for c in range(256)], np.uint8)   # neighbours on
 
 
-def _cut_corners(skel: np.ndarray) -> np.ndarray:
-    """The skeleton with staircase corners removed (strictly 8-connected): pixels of one parity at a
-    time, so that no two 4-adjacent pixels go together and the curve stays connected."""
+_OFFSETS = ((-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1), (-1, -1))   # bit k: N, NE, ... NW
+
+
+def _codes_at(img: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """The 8-neighbour codes of the pixels (ys, xs) of a 0/1 image with a background border
+    (edge.processing.neighbour_codes, at those pixels only: cracks are a few % of a mask)."""
+    code = np.zeros(len(ys), np.uint8)
+    for bit, (dy, dx) in enumerate(_OFFSETS):
+        code |= img[ys + dy, xs + dx] << bit
+    return code
+
+
+def _cut_corners(skel: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> np.ndarray:
+    """Which skeleton pixels (sy, sx) remain once staircase corners are removed (strictly 8-connected):
+    pixels of one parity at a time, so that no two 4-adjacent pixels go together and the curve
+    stays connected."""
     s = skel.copy()
-    h, w = s.shape
-    parity = (np.add.outer(np.arange(h), np.arange(w)) & 1).astype(np.uint8)
+    alive = np.ones(len(sy), bool)
+    parity = (sy + sx) & 1
     for _ in range(8):
         changed = False
         for par in (0, 1):
-            drop = (s > 0) & (cv2.LUT(neighbour_codes(s), _CORNERS) > 0) & (parity == par)
-            if drop.any():
-                s[drop] = 0
+            idx = np.flatnonzero(alive & (parity == par))
+            drop = idx[_CORNERS[_codes_at(s, sy[idx], sx[idx])] > 0]
+            if len(drop):
+                s[sy[drop], sx[drop]] = 0
+                alive[drop] = False
                 changed = True
         if not changed:
             break
-    return s
+    return alive
 
 
 def _links(skel: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,24 +305,25 @@ def _links(skel: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray
     return np.concatenate(src), np.concatenate(dst)
 
 
-def _window_kernels() -> list[np.ndarray]:
-    r = DIRECTION_WINDOW // 2
-    dy, dx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
-    return [np.ones_like(dx), dx, dy, dx * dx, dx * dy, dy * dy]
-
-
-_KERNELS = _window_kernels()
-
-
 def _directions(skel: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.ndarray, ...]:
     """At each skeleton pixel: the unit direction (tx, ty) of the skeleton pixels around it (their
     principal axis) and their mean's offset (dx, dy), which lies on the crack's smooth centre line
-    rather than on the pixel staircase.
-
-    Moments in offsets from each window's centre (small numbers, exact in float32)."""
-    s = skel.astype(np.float32)
-    n, mx, my, mxx, mxy, myy = (cv2.filter2D(s, cv2.CV_32F, k, borderType=cv2.BORDER_CONSTANT)[sy, sx]
-                                .astype(np.float64) for k in _KERNELS)
+    rather than on the pixel staircase.  Moments in offsets from the window's centre, gathered at
+    the skeleton's pixels only."""
+    r = DIRECTION_WINDOW // 2
+    p = np.pad(skel, r)
+    n = np.zeros(len(sy))
+    mx, my, mxx, mxy, myy = (np.zeros(len(sy)) for _ in range(5))
+    for dy in range(-r, r + 1):
+        rows = sy + r + dy
+        for dx in range(-r, r + 1):
+            v = p[rows, sx + r + dx].astype(np.float64)
+            n += v
+            mx += v * dx
+            my += v * dy
+            mxx += v * (dx * dx)
+            mxy += v * (dx * dy)
+            myy += v * (dy * dy)
     n = np.maximum(n, 1.0)
     cxx, cxy, cyy = mxx - mx * mx / n, mxy - mx * my / n, myy - my * my / n
     theta = 0.5 * np.arctan2(2 * cxy, cxx - cyy)
@@ -355,11 +371,12 @@ def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | N
     max_w_px = np.maximum(max_w_px, 1.0)
     skel_px = np.bincount(slab, minlength=n)
     tx, ty, mdx, mdy = _directions(skel, sy, sx)
-    code = neighbour_codes(skel)
-    branch = (skel > 0) & (_TRANSITIONS[code] >= 3)
+    is_branch = _TRANSITIONS[_codes_at(skel, sy, sx)] >= 3
     branches = np.zeros(n, np.int64)
-    if branch.any():
-        nb, blabels = cv2.connectedComponents(branch.astype(np.uint8), connectivity=8)
+    if is_branch.any():
+        branch = np.zeros_like(skel)
+        branch[sy[is_branch], sx[is_branch]] = 1
+        nb, blabels = cv2.connectedComponents(branch, connectivity=8)
         first = np.full(nb, -1, np.int64)
         by_, bx_ = np.nonzero(blabels)
         first[blabels[by_, bx_]] = labels[by_, bx_]
@@ -386,8 +403,10 @@ def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | N
         # Length: mapped links whose both ends lie inside the footprint.
         # Length: links of the strictly 8-connected skeleton between the smoothed centre-line points
         # (a chain of pixel steps alone reads a 22-degree line 8 % long), both ends in the footprint.
-        cut = _cut_corners(skel)
-        sub = np.flatnonzero(cut[sy, sx] > 0)
+        alive = _cut_corners(skel, sy, sx)
+        sub = np.flatnonzero(alive)
+        cut = np.zeros_like(skel)
+        cut[sy[sub], sx[sub]] = 1
         a, b = _links(cut, sy[sub], sx[sub])
         a, b = sub[a], sub[b]
         ok = inside_s[a] & inside_s[b]
@@ -395,7 +414,7 @@ def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | N
         seg = np.hypot(*(line[a[ok]] - line[b[ok]]).T)
         length_m = np.bincount(slab[a[ok]], seg, minlength=n)
         # Smoothing pulls each end in by up to half a window: give that back at the skeleton's ends.
-        ends = sub[(cv2.LUT(neighbour_codes(cut), _COUNT)[sy[sub], sx[sub]] == 1) & inside_s[sub]]
+        ends = sub[(_COUNT[_codes_at(cut, sy[sub], sx[sub])] == 1) & inside_s[sub]]
         length_m += np.bincount(slab[ends], np.hypot(*(line[ends] - road_s[ends]).T), minlength=n)
         area_m2 = np.bincount(plab, area_p, minlength=n)
         cen = np.stack([np.bincount(plab, area_p * np.nan_to_num(road_p[:, i]), minlength=n) for i in (0, 1)], 1)
