@@ -111,10 +111,15 @@ def position_line(view: VehicleView) -> str:
         return f"no fix ({reason[:24] if isinstance(reason, str) and reason else 'no reason given'})"
     quality = p.get("quality")
     q = quality[:12] if isinstance(quality, str) else "?"
-    speed = _num(p.get("speed_mps"))
+    # The source's own speed and heading; else (a GPX log has none) those between the last two fixes, marked ~.
+    speed, heading, mark = _num(p.get("speed_mps")), _num(p.get("heading_deg")), ""
+    if speed is None and view.track_speed_mps is not None:
+        speed, mark = view.track_speed_mps, "~"
+    if heading is None and view.track_heading_deg is not None:
+        heading = view.track_heading_deg
     return (f"fix {_fmt(p.get('lat'), '.6f')} {_fmt(p.get('lon'), '.6f')} {q}  age {_fmt(p.get('age_s'), '.1f', 's')}"
-            f"  speed {_fmt(speed, '.1f', ' m/s')} ({_fmt(None if speed is None else speed * 3.6, '.0f', ' km/h')})"
-            f"  hdg {_fmt(p.get('heading_deg'), '.0f')}")
+            f"  speed {mark}{_fmt(speed, '.1f', ' m/s')} ({_fmt(None if speed is None else speed * 3.6, '.0f', ' km/h')})"
+            f"  hdg {mark}{_fmt(heading, '.0f')}")
 
 
 def text_lines(view: VehicleView, note: str = "") -> list[str]:

@@ -109,3 +109,19 @@ def test_band_survives_nonsense_in_ground_and_position(messages) -> None:
     lines = render.text_lines(view)
     assert "len -" in lines[2] and "width -" in lines[2] and lines[3].startswith("fix - - ?")
     render.render_fleet([view], tile_width=320)
+
+
+def test_speed_from_the_fixes_when_the_source_sends_none(messages) -> None:
+    """A GPX log has no speed: the tile shows the speed between the last two fixes, marked ~."""
+    m = messages(vehicle_id="v1")
+    st = FleetState()
+    pos = {"source": "gpx-log", "fix": True, "reason": "", "lat": 52.0, "lon": 4.0, "alt_m": None,
+           "speed_mps": None, "heading_deg": None, "quality": "3d", "age_s": 0.1}
+    st.on_message(wire.decode(m.mask(t_capture=1000.0, position=pos)), 0.0, 1.0)
+    (first,) = st.views(1.0)
+    assert "speed - (-)" in render.text_lines(first)[3]
+    # 9 m north in 1.5 s: 6 m/s, heading 0.
+    st.on_message(wire.decode(m.mask(t_capture=1001.5, position={**pos, "lat": 52.0 + 9 / 111195.0})), 0.0, 1.1)
+    (view,) = st.views(1.1)
+    line = render.text_lines(view)[3]
+    assert "speed ~6.0 m/s (22 km/h)" in line and "hdg ~0" in line
