@@ -330,6 +330,13 @@ def _directions(skel: np.ndarray, sy: np.ndarray, sx: np.ndarray) -> tuple[np.nd
     return np.cos(theta), np.sin(theta), mx / n, my / n
 
 
+def _r(value: Any, digits: int) -> float:
+    """A header number: rounded, and finite (the wire refuses NaN; a degenerate pixel must not stop
+    the publish thread)."""
+    v = float(value)
+    return round(v, digits) if math.isfinite(v) else 0.0
+
+
 def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | None = None) -> Measured:
     """Every measure of a 0/255 mask: the header's pixel figures (as :func:`edge.processing.measure`),
     the cracks (largest first, at most MAX_CRACKS) and, with a calibration, the ground totals."""
@@ -450,20 +457,20 @@ def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | N
         x, y, w, h, area = (int(v) for v in stats[k])
         kind = ("alligator" if spread[k] >= ALLIGATOR_SPREAD and branches[k] >= ALLIGATOR_BRANCHES
                 else "longitudinal" if longitudinal[k] else "transverse")
-        c: dict[str, Any] = {"type": kind, "length_px": float(skel_px[k]), "max_width_px": round(float(max_w_px[k]), 2),
+        c: dict[str, Any] = {"type": kind, "length_px": float(skel_px[k]), "max_width_px": _r(max_w_px[k], 2),
                              "area_px": area, "bbox_px": [x + ox, y + oy, w, h],
                              "length_m": None, "max_width_mm": None, "area_m2": None, "centroid_m": None,
                              "severity": None}
         if view is not None and measured[k]:
-            c.update(length_m=round(float(length_m[k]), 4), max_width_mm=round(float(max_w_mm[k]), 2),
-                     area_m2=round(float(area_m2[k]), 6),
-                     centroid_m=[round(float(cen[k, 0]), 3), round(float(cen[k, 1]), 3)],
+            c.update(length_m=_r(length_m[k], 4), max_width_mm=_r(max_w_mm[k], 2),
+                     area_m2=_r(area_m2[k], 6),
+                     centroid_m=[_r(cen[k, 0], 3), _r(cen[k, 1], 3)],
                      severity=ground.severity(float(max_w_mm[k])))  # type: ignore[union-attr]
         cracks.append(c)
     g = None
     if view is not None:
-        g = {"crack_length_m": round(float(length_m[keep].sum()), 4),
-             "crack_max_width_mm": round(float(max_w_mm[keep].max()), 2),
-             "crack_area_m2": round(float(area_m2[keep].sum()), 6),
+        g = {"crack_length_m": _r(length_m[keep].sum(), 4),
+             "crack_max_width_mm": _r(max_w_mm[keep].max(), 2),
+             "crack_area_m2": _r(area_m2[keep].sum(), 6),
              "surveyed_area_m2": view.surveyed_area_m2, "footprint_m": view.footprint_m}
     return Measured(pixels, cracks, g)
