@@ -87,7 +87,8 @@ def _clip(poly: list[np.ndarray], a: np.ndarray) -> list[np.ndarray]:
 
 
 def normalise(H: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-    """``H`` scaled so that H[2, 2]-like scale is 1 and w > 0 at the image's bottom centre (in front)."""
+    """``H`` scaled to a largest entry of 1, its sign such that w > 0 at the image's bottom centre
+    (the road just in front of the camera); a homography is only defined up to such a factor."""
     H = np.asarray(H, np.float64)
     W, Hh = image_size
     _, w = apply(H, np.array([[(W - 1) / 2.0, Hh - 1.0]]))
@@ -118,9 +119,10 @@ def footprint(H: np.ndarray, image_size: tuple[int, int], max_range_m: float) ->
                 "(at or above the horizon): the points or the image size do not describe this camera"))
     near = road[2:].mean(axis=0)
     facing = 1.0 if near[1] >= 0 else -1.0      # a rear camera sees negative y
-    poly = [c for c in corners]
-    poly = _clip(poly, H[2] - W_EPS * scale * np.array([0.0, 0.0, 1.0]))          # in front
+    poly = _clip(list(corners), H[2] - W_EPS * scale * np.array([0.0, 0.0, 1.0]))          # in front
     poly = _clip(poly, max_range_m * H[2] - facing * H[1])                        # facing*y <= range
+    if not poly:
+        raise GroundError("range", f"no road within max_range_m = {max_range_m:g} is in view; set it larger")
     if len(poly) != 4:
         raise GroundError("range", (
             f"max_range_m = {max_range_m:g} cuts the image into a {len(poly)}-cornered piece (a rolled or "
@@ -173,6 +175,12 @@ class Ground:
         if v is None:
             v = self._views[key] = MaskGround.make(self, width, height)
         return v
+
+    def fits(self, frame_width: int, frame_height: int) -> bool:
+        """Whether frames of this size are the calibrated camera's (same aspect within 1 %): another
+        camera mode would be scaled to the calibration and measured wrong."""
+        W, Hh = self.image_size
+        return abs(frame_width * Hh - frame_height * W) <= 0.01 * W * frame_height
 
     def severity(self, width_mm: float) -> str:
         low, high = self.severity_mm

@@ -333,3 +333,11 @@ def test_any_mask_measures_and_encodes(camera: str) -> None:
         assert all(c["max_width_mm"] is None or c["max_width_mm"] >= 0 for c in m.cracks)
 
     check()
+
+
+def test_only_frames_of_the_calibrated_camera_are_measured() -> None:
+    """Masks are scaled to the calibration: a camera in another aspect would get wrong mm, so the
+    pipeline asks ``fits`` and measures such frames in pixels only (event=ground_size_mismatch)."""
+    g = Ground.build(square_on(1.0, (1280, 720)), (1280, 720))
+    assert g.fits(1280, 720) and g.fits(640, 360) and g.fits(1920, 1080)
+    assert not g.fits(640, 480) and not g.fits(720, 1280)
