@@ -212,7 +212,7 @@ def read_points(path: str) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, :2], arr[:, 2:]
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, colour: bool = False) -> np.ndarray:
     import cv2
 
     from edge import images
@@ -228,10 +228,10 @@ def read_image(path: str) -> np.ndarray:
                 raise CalibrationError(f"{p}: a {w}x{h} image is beyond 8192 px")
         except images.ImageError as e:
             raise CalibrationError(f"{p}: not a readable JPEG: {e}") from None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR if colour else cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise CalibrationError(f"{p}: not an image OpenCV can read", reason="unreadable")
-    if max(img.shape) > 8192:
+    if max(img.shape[:2]) > 8192:
         raise CalibrationError(f"{p}: a {img.shape[1]}x{img.shape[0]} image is beyond 8192 px")
     return img
 
@@ -267,6 +267,46 @@ def checkerboard_points(gray: np.ndarray, pattern: tuple[int, int], square_m: fl
         fwd = ii if di[1] < 0 else cols - 1 - ii
     road = np.stack([origin[0] + lat * square_m, origin[1] + fwd * square_m], axis=-1)
     return c.reshape(-1, 2), road.reshape(-1, 2).astype(np.float64)
+
+
+# ---------------------------------------------------------------- a picture to check it by
+
+
+def birds_eye(frame: np.ndarray, cal: Calibration, longest_px: int = 1000, grid: bool = True) -> tuple[np.ndarray, float]:
+    """The frame's footprint seen from above (forward up, right to the right) with a metric grid
+    (10 cm, 50 cm or 1 m apart, whichever is at least 25 px; metre lines brighter) and the footprint
+    in red: straight kerbs, square tiles and marks on the grid say the calibration is right.
+    Returns the picture and its metres per pixel."""
+    import cv2
+
+    from edge.measure import Ground
+
+    g = Ground.build(cal.homography, cal.image_size, cal.forward)
+    fp = np.array(g.view(*cal.image_size).footprint_m)
+    x0, y0 = fp.min(axis=0)
+    x1, y1 = fp.max(axis=0)
+    s = max(x1 - x0, y1 - y0) / longest_px
+    w, h = max(1, int(math.ceil((x1 - x0) / s))), max(1, int(math.ceil((y1 - y0) / s)))
+    to_road = np.array([[s, 0, x0 + s / 2], [0, -s, y1 - s / 2], [0, 0, 1.0]])
+    if frame.shape[1::-1] != tuple(cal.image_size):
+        frame = cv2.resize(frame, cal.image_size, interpolation=cv2.INTER_AREA)
+    view = cv2.warpPerspective(frame, np.linalg.inv(g.H) @ to_road, (w, h),
+                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    if view.ndim == 2:
+        view = cv2.cvtColor(view, cv2.COLOR_GRAY2BGR)
+    if grid:
+        step = next((d for d in (0.1, 0.5, 1.0, 5.0) if d / s >= 25), 10.0)
+        for k in range(int(math.floor(x0 / step)), int(math.ceil(x1 / step)) + 1):
+            u = int(round((k * step - x0) / s))
+            metre = abs(k * step - round(k * step)) < 1e-9
+            cv2.line(view, (u, 0), (u, h - 1), (0, 255, 255) if metre else (0, 160, 0), 1)
+        for k in range(int(math.floor(y0 / step)), int(math.ceil(y1 / step)) + 1):
+            v = int(round((y1 - k * step) / s))
+            metre = abs(k * step - round(k * step)) < 1e-9
+            cv2.line(view, (0, v), (w - 1, v), (0, 255, 255) if metre else (0, 160, 0), 1)
+    outline = np.round((fp - (x0, y1)) / (s, -s)).astype(np.int32)
+    cv2.polylines(view, [outline], True, (0, 0, 255), 2)
+    return view, s
 
 
 # ---------------------------------------------------------------- the config
@@ -375,6 +415,8 @@ def run(args: Any) -> int:
     try:
         cal = _calibrate(args)
         section = write_config(args.write, cal) if args.write else section_text(cal)
+        if args.preview:
+            _preview(args, cal)
     except CalibrationError as e:
         print(f"crack-edge calibrate: {e}", file=sys.stderr)
         return e.code
@@ -385,6 +427,23 @@ def run(args: Any) -> int:
           f"x {min(xs):.2f}..{max(xs):.2f} m; {cal.mm_per_px_near:.2f} mm/px near"
           + (f"; written to {args.write}" if args.write else ""), file=sys.stderr)
     return exits.OK
+
+
+def _preview(args: Any, cal: Calibration) -> None:
+    import cv2
+
+    frame_path = args.checkerboard or args.image
+    if not frame_path:
+        raise CalibrationError("--preview needs a frame: --image FRAME (or --checkerboard)", exits.USAGE, "usage")
+    view, s = birds_eye(read_image(frame_path, colour=True), cal)
+    try:
+        ok = cv2.imwrite(str(args.preview), view)
+    except cv2.error as e:
+        raise CalibrationError(f"{args.preview}: cannot write the preview: {e}", exits.CANTCREAT, "cantcreat") from None
+    if not ok:
+        raise CalibrationError(f"{args.preview}: cannot write the preview", exits.CANTCREAT, "cantcreat")
+    print(f"preview: {args.preview} ({view.shape[1]}x{view.shape[0]}, {1000 * s:.1f} mm per pixel, "
+          "forward up)", file=sys.stderr)
 
 
 def _calibrate(args: Any) -> Calibration:

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--max-error-m", type=float, default=0.05, metavar="M",
                      help="refuse a fit that misses a point by more than this (default 0.05)")
     cal.add_argument("--write", metavar="CONFIG", help="put the [ground] section into this TOML config (else print it)")
+    cal.add_argument("--preview", metavar="PNG", help=(
+        "also write the frame (--image or --checkerboard) seen from above with a 10 cm grid, to check by eye"))
     return parser
 
 

@@ -213,3 +213,35 @@ def test_calibrated_daemon_run_feeds_the_report(student_onnx, small_video, tmp_p
     header = rows[0].split(",")
     surveyed = sum(float(r.split(",")[header.index("surveyed_area_m2")]) for r in rows[1:])
     assert surveyed > 0
+
+
+def test_daemon_refuses_a_calibration_behind_the_camera(tmp_path) -> None:
+    """A hand-edited [ground] whose horizon crosses the image: crack-edge check (as run) stops with 78."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[ground]\nhomography = [[0.001, 0, 0], [0, 0.001, 0], [0.01, 0, -3.2]]\nimage_size = [640, 480]\n")
+    p = subprocess.run([sys.executable, "-m", "edge.cli", "check", "--config", str(cfg)], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == exits.CONFIG, p.stderr
+    assert "ground" in p.stderr and "behind the camera" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_preview_is_metric_from_above(tmp_path, capsys) -> None:
+    """The bird's-eye preview of the board's frame shows square squares of the right size."""
+    from edge.calibrate import birds_eye, checkerboard_points, solve
+
+    gray = render_checkerboard(CAMERA, (-0.6, 2.6), 0.15, (8, 6))
+    img, road = checkerboard_points(gray, (7, 5), 0.15, (-0.45, 2.75))
+    cal = solve(img, road, (W, H), max_range_m=6.0)
+    view, s = birds_eye(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR), cal, grid=False)
+    found, corners = cv2.findChessboardCorners(cv2.cvtColor(view, cv2.COLOR_BGR2GRAY), (7, 5))
+    assert found
+    c = corners.reshape(5, 7, 2)
+    along = np.hypot(*np.diff(c, axis=1).reshape(-1, 2).T) * s    # metres between neighbours in a row
+    across = np.hypot(*np.diff(c, axis=0).reshape(-1, 2).T) * s
+    assert along.mean() == pytest.approx(0.15, rel=0.03) and across.mean() == pytest.approx(0.15, rel=0.03)
+    shot = tmp_path / "board.png"
+    cv2.imwrite(str(shot), gray)
+    code, _, err = calibrate(capsys, "--checkerboard", str(shot), "--pattern", "7x5", "--square-mm", "150",
+                             "--board-origin=-0.45,2.75", "--preview", str(tmp_path / "top.png"))
+    assert code == exits.OK, err
+    assert cv2.imread(str(tmp_path / "top.png")) is not None and "preview:" in err
