@@ -14,11 +14,11 @@ from common import exits
 from edge.cli import main
 from edge.config import load_config, tomllib
 from edge.measure import Ground, apply
-from test_measure import pinhole, square_on
+from roadcam import pinhole, square_on
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 640, 480
-# Four tape-measured marks of a camera 1000 px focal, 1.5 m up, pitched 20 degrees (test_measure.pinhole).
+# Four tape-measured marks of a camera 1000 px focal, 1.5 m up, pitched 20 degrees (roadcam.pinhole).
 CAMERA = pinhole(f=1000.0)
 ROAD = [(-0.6, 3.0), (0.6, 3.0), (0.8, 6.0), (-0.8, 6.0), (0.0, 4.0)]
 
@@ -96,7 +96,7 @@ def render_checkerboard(Hc: np.ndarray, origin: tuple[float, float], square: flo
     ((6, 8), (-0.45, 2.6), (-0.3, 2.75)),    # turned 90 degrees: the pattern's rows run forward
 ])
 def test_checkerboard_recovers_a_known_camera(tmp_path, capsys, squares, origin, nearest_left) -> None:
-    # 7x5 inner corners of 15 cm squares, 2.6 m ahead of the camera of test_measure.pinhole(f=1000).
+    # 7x5 inner corners of 15 cm squares, 2.6 m ahead of the camera of roadcam.pinhole(f=1000).
     shot = tmp_path / "board.png"
     cv2.imwrite(str(shot), render_checkerboard(CAMERA, origin, 0.15, squares))
     code, out, err = calibrate(capsys, "--checkerboard", str(shot), "--pattern", "7x5", "--square-mm", "150",
