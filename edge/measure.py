@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from edge.processing import CrackMeasures, thin
+from edge.wire import MAX_CRACKS   # the wire's limit on the cracks listed: the largest first
 
-MAX_CRACKS = 32                 # the wire's limit (edge.wire.MAX_CRACKS): the largest first
 FORWARDS = {"+y": (0.0, 1.0), "-y": (0.0, -1.0), "+x": (1.0, 0.0), "-x": (-1.0, 0.0)}
 W_EPS = 1e-9                    # homogeneous w below this (relative) is the horizon
 ALLIGATOR_SPREAD = 0.3          # sqrt(lambda_min / lambda_max) of the mapped skeleton
