@@ -41,7 +41,8 @@ FORWARDS = {"+y": (0.0, 1.0), "-y": (0.0, -1.0), "+x": (1.0, 0.0), "-x": (-1.0, 
 W_EPS = 1e-9                    # homogeneous w below this (relative) is the horizon
 ALLIGATOR_SPREAD = 0.3          # sqrt(lambda_min / lambda_max) of the mapped skeleton
 ALLIGATOR_BRANCHES = 3
-DIRECTION_WINDOW = 7            # px: the window whose skeleton pixels give the local direction
+DIRECTION_WINDOW = 7
+MAX_VIEWS = 8                   # mask sizes whose footprint is kept (one per inference size in practice)            # px: the window whose skeleton pixels give the local direction
 
 
 class GroundError(ValueError):
@@ -173,6 +174,8 @@ class Ground:
         key = (width, height)
         v = self._views.get(key)
         if v is None:
+            if len(self._views) >= MAX_VIEWS:   # a folder of photos of many sizes must not grow it
+                del self._views[next(iter(self._views))]
             v = self._views[key] = MaskGround.make(self, width, height)
         return v
 
