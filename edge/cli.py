@@ -1,4 +1,4 @@
-"""``crack-edge run | check | bench | keys``.
+"""``crack-edge run | check | bench | keys | calibrate``.
 
 Only argparse at import time: ``crack-edge --help`` must answer at once on a Jetson, so the
 config, OpenCV and the runtimes are imported inside the commands.
@@ -71,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
         "folder for daemon.key (public) and daemon.key_secret; viewers' pairs go to DIR/viewers/"))
     keys.add_argument("--viewer", action="append", default=[], type=_key_name, metavar="NAME",
                       help="also create the pair NAME.key / NAME.key_secret for a viewer, repeatable")
+
+    cal = sub.add_parser("calibrate", help=(
+        "ground-plane homography from road points or a checkerboard -> the [ground] section (docs/edge.md)"))
+    given = cal.add_mutually_exclusive_group(required=True)
+    given.add_argument("--points", metavar="FILE", help="file of 'u v x y' lines: pixel, and road position in metres")
+    given.add_argument("--point", action="append", metavar="U,V,X,Y", help="one point (repeat, at least 4)")
+    given.add_argument("--checkerboard", metavar="IMAGE", help="a frame showing a checkerboard laid flat on the road")
+    cal.add_argument("--image-size", metavar="WxH", help="size of the frame the points were read on")
+    cal.add_argument("--image", metavar="FRAME", help="a frame of the camera, for its size (instead of --image-size)")
+    cal.add_argument("--pattern", metavar="COLSxROWS", help="checkerboard inner corners, e.g. 9x6")
+    cal.add_argument("--square-mm", type=float, metavar="MM", help="checkerboard square side, mm")
+    cal.add_argument("--board-origin", metavar="X,Y", help="road position (m) of the board's nearest-left inner corner")
+    cal.add_argument("--forward", choices=["+y", "-y", "+x", "-x"], default="+y",
+                     help="which axis of the points' road coordinates is the driving direction (default +y)")
+    cal.add_argument("--max-range-m", type=float, default=20.0, metavar="M",
+                     help="road beyond this distance is not measured (default 20)")
+    cal.add_argument("--max-error-m", type=float, default=0.05, metavar="M",
+                     help="refuse a fit that misses a point by more than this (default 0.05)")
+    cal.add_argument("--write", metavar="CONFIG", help="put the [ground] section into this TOML config (else print it)")
+    cal.add_argument("--preview", metavar="PNG", help=(
+        "also write the frame (--image or --checkerboard) seen from above with a 10 cm grid, to check by eye"))
     return parser
 
 
@@ -190,11 +211,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return exits.OK
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge.calibrate import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return {"run": cmd_run, "check": cmd_check, "bench": cmd_bench, "keys": cmd_keys,
-                "reload": cmd_reload}[args.command](args)
+                "reload": cmd_reload, "calibrate": cmd_calibrate}[args.command](args)
     except KeyboardInterrupt:  # `run` handles its own signals; this is Ctrl-C anywhere else
         print(f"crack-edge {args.command}: interrupted", file=sys.stderr)
         return exits.INTERRUPTED

@@ -262,6 +262,47 @@ class PositionConfig(Section):
     reconnect_max_s: float = Field(5.0, gt=0, description="gpsd / serial: longest wait between attempts (doubling)")
 
 
+class GroundConfig(Section):
+    """The ground-plane calibration written by ``crack-edge calibrate`` (docs/edge.md#ground-plane-calibration)."""
+    homography: list[list[float]] | None = Field(None, description=(
+        "3x3 homography from a pixel of the calibration image (pixel centres at integer coordinates) to the "
+        "road plane, metres from the vehicle's reference point; absent: masks are measured in pixels only"))
+    image_size: tuple[int, int] | None = Field(None, description=(
+        "[W, H] of the image the homography was measured on; masks are scaled to it before mapping"))
+    forward: Literal["+y", "-y", "+x", "-x"] = Field("+y", description=(
+        "Which axis of the homography's road coordinates points in the driving direction (right is 90 degrees "
+        "clockwise from it, seen from above); headers always say x right, y forward"))
+    max_range_m: float = Field(20.0, gt=0, le=1000, description=(
+        "Road further than this (forward or back) from the reference point is not measured (a pixel there "
+        "covers too much road); the rest of the image is the frame's footprint"))
+    severity_mm: tuple[float, float] = Field((10.0, 75.0), description=(
+        "[low_below, high_above] widest-width thresholds, mm (ASTM D6433 asphalt: low < 10, medium 10-75, "
+        "high > 75)"))
+
+    @model_validator(mode="after")
+    def _usable(self) -> "GroundConfig":
+        if (self.homography is None) != (self.image_size is None):
+            missing = "image_size" if self.image_size is None else "homography"
+            raise ValueError(f"{missing} is needed as well: homography and image_size go together")
+        low, high = self.severity_mm
+        if not 0 < low <= high:
+            raise ValueError(f"severity_mm {list(self.severity_mm)}: need 0 < low <= high")
+        if self.homography is not None:
+            from edge.measure import Ground, GroundError
+
+            if not all(1 <= n <= MAX_CAMERA_SIDE for n in self.image_size):
+                raise ValueError(f"image_size [W, H] must each lie in 1..{MAX_CAMERA_SIDE}")
+            try:
+                Ground.build(self.homography, self.image_size, self.forward, self.max_range_m, self.severity_mm)
+            except GroundError as e:
+                raise ValueError(f"{e} (recalibrate with crack-edge calibrate)") from None
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.homography is not None
+
+
 class PipelineConfig(Section):
     max_frames: int = Field(0, ge=0, description="Stop after publishing this many masks (0: never; for tests and benchmarks)")
     queue_size: int = Field(4, ge=1, le=256, description="Inferred frames waiting to be published (oldest dropped when full in latest mode)")
@@ -327,6 +368,7 @@ class EdgeConfig(BaseModel):
         if ep is not None and ep == self.publish.endpoint:
             raise ValueError(f"history.endpoint {ep} is publish.endpoint as well; give each its own port")
         return self
+    ground: GroundConfig = Field(default_factory=GroundConfig, description="Ground-plane calibration: measures in mm")
 
     @field_validator("vehicle_id")
     @classmethod

@@ -394,6 +394,7 @@ def build_pipeline(cfg: EdgeConfig, model: LoadedModel, sock: Any, run_id: str, 
                    recorder: Any = None, max_frames: int | None = None,
                    wait_subscriber_s: float | None = None, position: Any = None) -> Any:
     """The daemon's Pipeline on ``sock``; bench passes its own frame count and subscriber wait."""
+    from edge.measure import Ground
     from edge.pipeline import Pipeline, PipelineIdentity
 
     ident = PipelineIdentity(cfg.vehicle_id, run_id, model.sha256, model.threshold, cfg.model.min_component_px,
@@ -402,4 +403,4 @@ def build_pipeline(cfg: EdgeConfig, model: LoadedModel, sock: Any, run_id: str, 
                     queue_size=cfg.pipeline.queue_size,
                     max_frames=cfg.pipeline.max_frames if max_frames is None else max_frames, recorder=recorder,
                     wait_subscriber_s=cfg.publish.wait_subscriber_s if wait_subscriber_s is None else wait_subscriber_s,
-                    position=position)
+                    position=position, ground=Ground.from_config(cfg.ground))

@@ -26,7 +26,8 @@ import zmq
 
 from edge import wire
 from edge.capture import Captured
-from edge.processing import Preprocessor, measure, threshold
+from edge.measure import measure_mask
+from edge.processing import Preprocessor, threshold
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,10 @@ class Pipeline:
 
     def __init__(self, backend: Any, pre: Preprocessor, socket: zmq.Socket, ident: PipelineIdentity, *,
                  every_frame: bool, queue_size: int, max_frames: int = 0, recorder: Any = None,
-                 wait_subscriber_s: float = 0.0, position: Any = None) -> None:
+                 wait_subscriber_s: float = 0.0, position: Any = None, ground: Any = None) -> None:
         self.backend = backend
+        self.ground = ground      # edge.measure.Ground or None: measures in mm when set
+        self._ground_refused: tuple[int, int] | None = None
         self.position = position  # edge.position.PositionSource or None: its at() never blocks
         self.pre = pre
         self.socket = socket
@@ -353,7 +356,9 @@ class Pipeline:
         ident = self.ident
         t0 = time.perf_counter()
         mask = threshold(item.prob, ident.threshold)
-        m = measure(mask, ident.min_component_px)
+        fh, fw = item.captured.image.shape[:2]
+        measured = measure_mask(mask, ident.min_component_px, self._ground_for(fw, fh))
+        m = measured.pixels
         t1 = time.perf_counter()
         png = wire.png_b64(mask)
         jpeg = wire.jpeg_b64(item.seen, ident.jpeg_quality) if ident.frame_jpeg else None
@@ -366,8 +371,9 @@ class Pipeline:
             "crack_max_width_px": m.max_width_px, "threshold": ident.threshold,
             # The camera's own size: the mask is at inference resolution (often square), and a
             # viewer needs this to show the picture with the road's true proportions.
-            "frame_width": int(item.captured.image.shape[1]), "frame_height": int(item.captured.image.shape[0]),
+            "frame_width": int(fw), "frame_height": int(fh),
         }
+        header.update(measured.header_fields())
         if self.position is not None:
             header["position"] = self.position.at(item.captured.t_capture)
         frames = wire.encode_mask(header, png, jpeg)
@@ -390,6 +396,17 @@ class Pipeline:
         c.mask_bytes.append(sum(len(f) for f in frames))
         if self.max_frames and c.published >= self.max_frames:
             self.done.set()
+
+    def _ground_for(self, frame_width: int, frame_height: int) -> Any:
+        """The calibration, unless these frames are not the calibrated camera's (then pixels only,
+        said once): a source that changed mode must not be measured in wrong millimetres."""
+        if self.ground is None or self.ground.fits(frame_width, frame_height):
+            return self.ground
+        if self._ground_refused != (frame_width, frame_height):
+            self._ground_refused = (frame_width, frame_height)
+            log.error("event=ground_size_mismatch frame=%dx%d calibrated=%dx%d (measuring in pixels only; "
+                      "recalibrate at this size)", frame_width, frame_height, *self.ground.image_size)
+        return None
 
     def _record(self, frames: list[bytes]) -> None:
         from edge.recording import RecordingError

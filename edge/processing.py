@@ -15,7 +15,7 @@ import numpy as np
 
 from models.preprocess import Preprocessor, padded
 
-__all__ = ["CrackMeasures", "Preprocessor", "padded", "threshold", "skeleton_length", "measure"]
+__all__ = ["CrackMeasures", "Preprocessor", "padded", "threshold", "thin", "neighbour_codes", "skeleton_length", "measure"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,13 @@ for _bit, (_dy, _dx) in enumerate(_NEIGHBOURS):
 MAX_THINNING_PASSES = 32
 
 
-def skeleton_length(mask: np.ndarray, dense: bool | None = None) -> int:
-    """Pixels of the Zhang-Suen skeleton (1 pixel wide, 8-connected) of a 0/255 mask.
+def thin(mask: np.ndarray, dense: bool | None = None) -> np.ndarray:
+    """The Zhang-Suen skeleton (1 pixel wide, 8-connected, 0/1 uint8) of a 0/255 mask.
 
     The mask needs a background border.  Sparse masks (real cracks) visit only their own
     pixels; dense ones use one 3x3 correlation and one table look-up per pass instead.
+    Regions that touch neither thin independently (8-separated pixels share no neighbourhood),
+    so thinning a whole mask is thinning each crack on its own.
     """
     img = (mask > 0).astype(np.uint8)
     ys, xs = np.nonzero(img)
@@ -92,7 +94,17 @@ def skeleton_length(mask: np.ndarray, dense: bool | None = None) -> int:
                 changed = True
         if not changed:
             break
-    return int(cv2.countNonZero(img)) if dense else len(ys)
+    return img
+
+
+def neighbour_codes(img: np.ndarray) -> np.ndarray:
+    """Per pixel of a 0/1 image, its 8 neighbours as bits (bit k = P(k+2), clockwise from north)."""
+    return cv2.filter2D(img, cv2.CV_16S, _CODE_KERNEL, borderType=cv2.BORDER_CONSTANT).astype(np.uint8)
+
+
+def skeleton_length(mask: np.ndarray, dense: bool | None = None) -> int:
+    """Pixels of the Zhang-Suen skeleton of a 0/255 mask (see :func:`thin`)."""
+    return int(cv2.countNonZero(thin(mask, dense)))
 
 
 def measure(mask: np.ndarray, min_component_px: int = 5) -> CrackMeasures:

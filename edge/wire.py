@@ -47,6 +47,7 @@ COUNT_FIELDS = ("seq", "frame_index", "crack_count")
 OPTIONAL_MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
     "threshold": (int, float), "frame_width": int, "frame_height": int,
     "position": (dict, type(None)), "ground": (dict, type(None)), "cracks": (list, type(None)),
+    "calibrated": bool,
 }
 MAX_CRACKS = 32
 # Optional status fields (the history service, issue #17): absent is fine, present must be right.

@@ -1,13 +1,17 @@
 """`make demo`: the whole system on this machine, ending by itself.
 
-Starts the edge daemon on the bundled clip with the released model (CPU), a viewer that shows
+Calibrates the bundled clip's ground plane (`crack-edge calibrate` on edge/demo/ground-points.csv)
+into a config that also names its GPS track (edge/demo/crackforest.gpx, a `gpx-log` position
+source), starts the edge daemon on the clip with the released model (CPU), a viewer that shows
 the live overlay (a window when a display is present, PNG files otherwise) and a recorder, then
-prints what happened, measured from the recording: frames, fps, latency, crack coverage.
+prints what happened, measured from the recording (frames, fps, latency, cracks in metres and
+millimetres), and ends with the inspection report (`crack-viewer report`): out/demo/report/index.html.
 No camera, GPU or network needed: everything runs on loopback.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -21,6 +25,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+DEMO = ROOT / "edge" / "demo"
+# The clip's first frame is at the track's first point (docs/report.md, "The demo's track").
+TRACK_START = "2024-05-01T10:00:00Z"
+CLIP_SIZE = "480x320"
 
 
 def free_port() -> int:
@@ -72,7 +80,43 @@ def summarise(recording: Path) -> dict:
         "frames_with_cracks": sum(1 for x in h if x["crack_count"] > 0),
         "longest_crack_px": round(max(x["crack_length_px"] for x in h), 1),
         "inference_size": f"{h[0]['width']}x{h[0]['height']}",
+        **ground_figures(h),
     }
+
+
+def ground_figures(headers: list[dict]) -> dict:
+    """What the calibration and the GPS track add: figures on the road, crack types, fixes."""
+    grounds = [x["ground"] for x in headers if x.get("calibrated") and x.get("ground")]
+    cracks = [c for x in headers for c in x.get("cracks") or []]
+    types: dict[str, int] = {}
+    for c in cracks:
+        types[c["type"]] = types.get(c["type"], 0) + 1
+    out = {"calibrated": bool(grounds), "frames_with_fix": sum(1 for x in headers if (x.get("position") or {}).get("fix"))}
+    if grounds:
+        out.update({
+            "crack_length_m_per_frame": round(statistics.mean(g["crack_length_m"] for g in grounds), 3),
+            "widest_crack_mm": round(max(g["crack_max_width_mm"] for g in grounds), 1),
+            "surveyed_m2_per_frame": round(statistics.mean(g["surveyed_area_m2"] for g in grounds), 4),
+            "crack_observations_by_type": dict(sorted(types.items())),
+        })
+    return out
+
+
+def write_config(out: Path) -> Path:
+    """The daemon's config for the demo: the GPX track as position source, then `crack-edge calibrate`
+    puts the ground calibration into it, as an inspector would on a vehicle."""
+    cfg = out / "crack-edge.toml"
+    cfg.write_text("# Written by tools/demo.py: the demo clip's GPS track; [ground] below by crack-edge calibrate\n"
+                   "[position]\n"
+                   'kind = "gpx-log"\n'
+                   f"path = {json.dumps(str(DEMO / 'crackforest.gpx'))}\n"
+                   f'start_time = "{TRACK_START}"\n')
+    code = subprocess.call([str(BIN / "crack-edge"), "calibrate", "--points", str(DEMO / "ground-points.csv"),
+                            "--image-size", CLIP_SIZE, "--write", str(cfg)],
+                           stdout=(out / "calibrate.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
+    if code != 0:
+        raise SystemExit(f"demo: crack-edge calibrate failed with status {code}; see {out / 'calibrate.log'}")
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     viewer_cmd = [str(BIN / "crack-viewer"), "watch", "--connect", endpoint, "--duration", str(args.timeout)]
     viewer_cmd += [] if windowed else ["--headless", "--out", str(out / "frames"), "--count", str(args.frames)]
 
+    cfg = write_config(out)
+    print(f"demo: calibrated the clip's road plane into {cfg} (crack-edge calibrate, see {out / 'calibrate.log'})")
     print(f"demo: daemon on {endpoint}, viewer {'in a window' if windowed else 'headless'}; logs in {out}")
     recorder = spawn([str(BIN / "crack-viewer"), "record", "--connect", endpoint, "--out", str(out / "recording"),
                       "--duration", str(args.timeout)], out / "recorder.log")
     viewer = spawn(viewer_cmd, out / "viewer.log")
     # The daemon waits for its first subscriber so the viewer sees the clip from its first frame.
-    daemon = spawn([str(BIN / "crack-edge"), "run", "--publish", endpoint, "--max-frames", str(args.frames),
-                    "--no-loop", "--wait-subscriber", "10", "--vehicle-id", "demo-van"]
+    # --pace: frames at the clip's 10 fps, so that each lands on its own time of the GPS track.
+    daemon = spawn([str(BIN / "crack-edge"), "run", "--config", str(cfg), "--publish", endpoint,
+                    "--max-frames", str(args.frames), "--no-loop", "--pace", "--wait-subscriber", "10",
+                    "--vehicle-id", "demo-van"]
                    + (["--model", args.model] if args.model else []), out / "daemon.log")
     started = time.monotonic()
     try:
@@ -158,8 +206,16 @@ def report(out: Path) -> None:
     code = subprocess.call([str(BIN / "crack-viewer"), "report", str(out / "recording"), "--out", str(out / "report")],
                            stdout=(out / "report.log").open("w"), stderr=subprocess.STDOUT, cwd=ROOT)
     where = out / "report" / "index.html"
-    print(f"  report                     {where} (open it in a browser)" if code == 0
-          else f"  report                     failed with status {code}; see {out / 'report.log'}")
+    if code != 0:
+        print(f"  report                     failed with status {code}; see {out / 'report.log'}")
+        return
+    print(f"  report                     {where} (open it in a browser)")
+    with (out / "report" / "segments.csv").open() as fh:
+        for row in csv.DictReader(fh):
+            pct = row["cracked_pct"] or "-"
+            print(f"    {row['from_m']:>6}-{row['to_m']:<6} m  {row['condition']:13s} cracked {pct} %  "
+                  f"length {row['crack_length_m']} m  widest {row['max_width_mm']} mm  "
+                  f"surveyed {row['surveyed_area_m2']} m2")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """Drawing, and nothing else: vehicle views in, one BGR image out (pure functions, no windows).
 
-Each vehicle gets a tile: a text band on top (figures), then its camera frame with the mask
+Each vehicle gets a tile: a text band on top (figures: rates and latency; the cracks in metres and
+millimetres on the road when the daemon is calibrated, else in mask pixels; the position fix,
+speed and heading), then its camera frame with the mask
 painted over it in :data:`OVERLAY_BGR`, or the mask alone on black when the daemon sends no
 frame.  A stale vehicle's tile is dimmed and its band turns :data:`STALE_BAND_BGR`.  Tiles are
 laid out on a grid; a footer carries fleet-wide figures.
@@ -25,7 +27,7 @@ FOOTER_BGR = (20, 20, 20)
 TEXT_BGR = (255, 255, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 LINE_H = 24
-BAND_LINES = 3
+BAND_LINES = 4
 BAND_H = LINE_H * BAND_LINES + 8
 FOOTER_H = LINE_H + 6
 GAP = 4
@@ -74,20 +76,62 @@ def vehicle_image(view: VehicleView) -> tuple[np.ndarray | None, str]:
     return mask_alone(view.mask), note
 
 
-def _fmt(value: float | None, spec: str, unit: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{unit}"
+def _num(value: object) -> float | None:
+    """A header value as a finite number, or None: what a daemon sends is drawn, never trusted."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _fmt(value: object, spec: str, unit: str = "") -> str:
+    v = _num(value)
+    return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def crack_line(view: VehicleView) -> str:
+    """The crack figures: on the road (m, mm, m2) when the daemon is calibrated, else in mask pixels."""
+    ratio = _num(view.crack_ratio)
+    head = f"crack {_fmt(None if ratio is None else ratio * 100, '.2f', '%')}  n {_fmt(view.crack_count, '.0f')}"
+    g = view.ground
+    if g is not None:
+        return (f"{head}  len {_fmt(g.get('crack_length_m'), '.2f', ' m')}"
+                f"  width {_fmt(g.get('crack_max_width_mm'), '.1f', ' mm')}"
+                f"  area {_fmt(g.get('crack_area_m2'), '.4f', ' m2')}")
+    return (f"{head}  len {_fmt(view.crack_length_px, '.0f', 'px')}"
+            f"  width {_fmt(view.crack_max_width_px, '.1f', 'px')}  (not calibrated)")
+
+
+def position_line(view: VehicleView) -> str:
+    """Where the vehicle was at the last mask: the fix, its quality and age, speed and heading."""
+    p = view.position
+    if p is None:
+        return "position: none sent"
+    if p.get("fix") is not True:
+        reason = p.get("reason")
+        return f"no fix ({reason[:24] if isinstance(reason, str) and reason else 'no reason given'})"
+    quality = p.get("quality")
+    q = quality[:12] if isinstance(quality, str) else "?"
+    # The source's own speed and heading; else (a GPX log has none) those between the last two fixes, marked ~.
+    speed, heading, mark = _num(p.get("speed_mps")), _num(p.get("heading_deg")), ""
+    if speed is None and view.track_speed_mps is not None:
+        speed, mark = view.track_speed_mps, "~"
+    if heading is None and view.track_heading_deg is not None:
+        heading = view.track_heading_deg
+    return (f"fix {_fmt(p.get('lat'), '.6f')} {_fmt(p.get('lon'), '.6f')} {q}  age {_fmt(p.get('age_s'), '.1f', 's')}"
+            f"  speed {mark}{_fmt(speed, '.1f', ' m/s')} ({_fmt(None if speed is None else speed * 3.6, '.0f', ' km/h')})"
+            f"  hdg {mark}{_fmt(heading, '.0f')}")
 
 
 def text_lines(view: VehicleView, note: str = "") -> list[str]:
     state = f"STALE {view.silent_s:.0f}s" if view.stale else "live"
-    ratio = None if view.crack_ratio is None else view.crack_ratio * 100
     return [
         f"{view.vehicle_id}  {state}  seq {view.seq}  run {view.run_id[:8]}  {note}",
         f"fps {view.fps:.1f}  latency pub {_fmt(view.latency_publish_ms, '.0f', 'ms')}"
-        f"  cap {_fmt(view.latency_capture_ms, '.0f', 'ms')}  infer {_fmt(view.infer_ms, '.0f', 'ms')}",
-        f"crack {_fmt(ratio, '.2f', '%')}  len {_fmt(view.crack_length_px, '.0f', 'px')}"
-        f"  width {_fmt(view.crack_max_width_px, '.1f', 'px')}  drops {view.drops}"
-        + (f" ({view.recovered} back)" if view.recovered else "") + f"  restarts {view.restarts}",
+        f"  cap {_fmt(view.latency_capture_ms, '.0f', 'ms')}  infer {_fmt(view.infer_ms, '.0f', 'ms')}"
+        f"  drops {view.drops}" + (f" ({view.recovered} back)" if view.recovered else "")
+        + f"  restarts {view.restarts}",
+        crack_line(view),
+        position_line(view),
     ]
 
 

@@ -9,6 +9,7 @@ immutable snapshot.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class VehicleView:
     source_state: str | None = None
     frame_size: tuple[int, int] | None = None  # (W, H) of the camera frame, when the daemon says it
     recovered: int = 0                          # drops filled in later from the vehicle's history
+    position: dict[str, Any] | None = None      # the last mask's position (docs/protocol.md), as sent
+    ground: dict[str, Any] | None = None        # the last mask's ground figures (None: not calibrated)
+    track_speed_mps: float | None = None        # from the last two fixes, for sources that send no speed
+    track_heading_deg: float | None = None      # likewise, clockwise from north
 
 
 @dataclass
@@ -75,6 +80,7 @@ class VehicleState:
     latency_publish_s: float | None = None
     latency_capture_s: float | None = None
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    fixes: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=2))  # t, lat, lon
 
     def fps(self, now: float) -> float:
         recent = [t for t in self.arrivals if now - t <= FPS_WINDOW_S]
@@ -116,6 +122,9 @@ class FleetState:
             v.mask_header, v.mask, v.frame_jpeg = h, msg.mask, msg.frame_jpeg
             v.latency_publish_s = t_wall - h["t_publish"]
             v.latency_capture_s = t_wall - h["t_capture"]
+            fix = _fix(h)
+            if fix is not None and (not v.fixes or fix[0] > v.fixes[-1][0]):
+                v.fixes.append(fix)
         else:
             v.statuses += 1
             v.status = h
@@ -186,6 +195,9 @@ class FleetState:
                 mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
                 source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
                 frame_size=_frame_size(mh), recovered=v.recovered,
+                position=mh.get("position") if isinstance(mh.get("position"), dict) else None,
+                ground=mh.get("ground") if isinstance(mh.get("ground"), dict) else None,
+                **_track_motion(v.fixes),
             ))
         return out
 
@@ -197,3 +209,32 @@ def _frame_size(header: dict[str, Any]) -> tuple[int, int] | None:
             and 0 < fw <= wire.MAX_SIDE and 0 < fh <= wire.MAX_SIDE:
         return fw, fh
     return None
+
+
+MAX_FIX_GAP_S = 10.0   # fixes further apart say nothing about the speed now
+
+
+def _fix(header: dict[str, Any]) -> tuple[float, float, float] | None:
+    """(t_capture, lat, lon) of a mask header's position when it has a sane fix."""
+    p = header.get("position")
+    if not isinstance(p, dict) or p.get("fix") is not True:
+        return None
+    vals = (header.get("t_capture"), p.get("lat"), p.get("lon"))
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
+        return None
+    t, lat, lon = (float(x) for x in vals)
+    return (t, lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
+
+
+def _track_motion(fixes: deque[tuple[float, float, float]]) -> dict[str, float | None]:
+    """Speed and heading over ground from the last two fixes (for logs and receivers that send none)."""
+    if len(fixes) < 2 or not 0 < fixes[1][0] - fixes[0][0] <= MAX_FIX_GAP_S:
+        return {"track_speed_mps": None, "track_heading_deg": None}
+    from viewer.report.track import haversine_m
+
+    (t0, la0, lo0), (t1, la1, lo1) = fixes
+    dist = haversine_m(la0, lo0, la1, lo1)
+    p0, p1, dl = math.radians(la0), math.radians(la1), math.radians(lo1 - lo0)
+    heading = math.degrees(math.atan2(math.sin(dl) * math.cos(p1),
+                                      math.cos(p0) * math.sin(p1) - math.sin(p0) * math.cos(p1) * math.cos(dl))) % 360
+    return {"track_speed_mps": dist / (t1 - t0), "track_heading_deg": heading if dist > 0.05 else None}

@@ -73,3 +73,55 @@ def test_many_vehicles_tile_on_a_grid_and_stale_looks_stale(messages) -> None:
 def test_nothing_yet_is_a_waiting_screen() -> None:
     img = render.render_fleet([], 400, footer="waiting for tcp://x:1")
     assert img.shape == (300, 400, 3) and (img.max(axis=2) > 200).sum() > 50
+
+
+def test_band_shows_fix_speed_and_millimetres_when_calibrated(messages) -> None:
+    m = messages(vehicle_id="v1")
+    pos = {"source": "gpx-log", "fix": True, "reason": "", "lat": 52.0116, "lon": 4.3571, "alt_m": 2.0,
+           "speed_mps": 5.0, "heading_deg": 358.0, "quality": "3d", "age_s": 0.4}
+    ground = {"crack_length_m": 1.234, "crack_max_width_mm": 12.5, "crack_area_m2": 0.0123,
+              "surveyed_area_m2": 0.35, "footprint_m": [[-0.4, 1.5], [0.4, 1.5], [0.4, 1.0], [-0.4, 1.0]]}
+    st = FleetState()
+    st.on_message(wire.decode(m.mask(calibrated=True, ground=ground, position=pos)), 0.0, 1.0)
+    (view,) = st.views(1.0)
+    lines = render.text_lines(view)
+    assert "len 1.23 m" in lines[2] and "width 12.5 mm" in lines[2] and "area 0.0123 m2" in lines[2]
+    assert lines[3].startswith("fix 52.011600 4.357100 3d") and "speed 5.0 m/s (18 km/h)" in lines[3]
+    plain = FleetState()
+    plain.on_message(wire.decode(m.mask(calibrated=False, ground=None, position={**pos, "fix": False,
+                                                                               "reason": "stale"})), 0.0, 1.0)
+    (view2,) = plain.views(1.0)
+    lines2 = render.text_lines(view2)
+    assert "px" in lines2[2] and "(not calibrated)" in lines2[2] and lines2[3] == "no fix (stale)"
+    # The fourth line is drawn: white text in the band's last line.
+    img = render.render_fleet([view], tile_width=640)
+    last = img[render.LINE_H * 3:render.BAND_H]
+    assert (last.min(axis=2) > 200).sum() > 50
+
+
+def test_band_survives_nonsense_in_ground_and_position(messages) -> None:
+    m = messages(vehicle_id="v1")
+    st = FleetState()
+    st.on_message(wire.decode(m.mask(ground={"crack_length_m": "far", "crack_max_width_mm": [1], "crack_area_m2": True},
+                                     position={"fix": True, "lat": "x", "lon": None, "quality": 7,
+                                               "speed_mps": 1e308})), 0.0, 1.0)
+    (view,) = st.views(1.0)
+    lines = render.text_lines(view)
+    assert "len -" in lines[2] and "width -" in lines[2] and lines[3].startswith("fix - - ?")
+    render.render_fleet([view], tile_width=320)
+
+
+def test_speed_from_the_fixes_when_the_source_sends_none(messages) -> None:
+    """A GPX log has no speed: the tile shows the speed between the last two fixes, marked ~."""
+    m = messages(vehicle_id="v1")
+    st = FleetState()
+    pos = {"source": "gpx-log", "fix": True, "reason": "", "lat": 52.0, "lon": 4.0, "alt_m": None,
+           "speed_mps": None, "heading_deg": None, "quality": "3d", "age_s": 0.1}
+    st.on_message(wire.decode(m.mask(t_capture=1000.0, position=pos)), 0.0, 1.0)
+    (first,) = st.views(1.0)
+    assert "speed - (-)" in render.text_lines(first)[3]
+    # 9 m north in 1.5 s: 6 m/s, heading 0.
+    st.on_message(wire.decode(m.mask(t_capture=1001.5, position={**pos, "lat": 52.0 + 9 / 111195.0})), 0.0, 1.1)
+    (view,) = st.views(1.1)
+    line = render.text_lines(view)[3]
+    assert "speed ~6.0 m/s (22 km/h)" in line and "hdg ~0" in line

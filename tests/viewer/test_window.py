@@ -57,7 +57,8 @@ def test_window_screenshot_shows_mask_and_text(cli, xvfb: str, tmp_path: Path) -
     assert _overlay_shown(img), f"no overlay in the screenshot {shot}; viewer log:\n{viewer.err[-2000:]}"
     band = img[:render.BAND_H, :640]
     assert (band.min(axis=2) > 200).sum() > 300  # white text in the band
-    footer = img[537 - render.FOOTER_H:537, :640]
+    bottom = render.BAND_H + 427 + render.FOOTER_H   # the recording's 480x320 frames shown 640 wide
+    footer = img[bottom - render.FOOTER_H:bottom, :640]
     assert (footer == render.FOOTER_BGR).all(axis=2).mean() > 0.6
     if os.environ.get("VIEWER_TEST_KEEP_SCREENSHOT"):
         shutil.copy(shot, os.environ["VIEWER_TEST_KEEP_SCREENSHOT"])
