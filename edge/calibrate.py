@@ -366,9 +366,10 @@ def replace_section(text: str, section: str) -> str:
 
 def write_config(path: str, cal: Calibration) -> str:
     """Put the calibration into the config at ``path`` (created if absent), atomically."""
-    from edge.config import GroundConfig, format_validation_error, tomllib
+    import tomllib
 
-    from pydantic import ValidationError
+    from common import settings
+    from edge.config import GroundConfig
 
     p = Path(path)
     old, keep = "", {}
@@ -385,12 +386,12 @@ def write_config(path: str, cal: Calibration) -> str:
     new = replace_section(old, section)
     try:
         ground = tomllib.loads(new).get("ground", {})
-        GroundConfig(**ground)
+        settings.check_table(GroundConfig, ground)
     except tomllib.TOMLDecodeError as e:
         raise CalibrationError(f"{p}: the edit would not be valid TOML ({e}); left unchanged: put the [ground] "
                                "section printed below in by hand", exits.CONFIG, "bad_config") from None
-    except ValidationError as e:
-        raise CalibrationError(f"{p}: {format_validation_error(e, 'ground')}; left unchanged", exits.CONFIG,
+    except ValueError as e:  # check_table names each bad key
+        raise CalibrationError(f"{p}: ground: {e}; left unchanged", exits.CONFIG,
                                "bad_config") from None
     try:
         p.parent.mkdir(parents=True, exist_ok=True)

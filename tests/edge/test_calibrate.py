@@ -12,7 +12,9 @@ import pytest
 
 from common import exits
 from edge.cli import main
-from edge.config import load_config, tomllib
+import tomllib
+
+from edge.config import load_config
 from edge.measure import Ground, apply
 from roadcam import pinhole, square_on
 
