@@ -26,13 +26,13 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,31 @@ def broadcast(obj: Any) -> Any:
     box = [obj if is_main() else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run on rank 0 and its result on every rank; an error there is raised on every rank.
+
+    For what only rank 0 may do (validate, read ``last.pt``): without this, the other ranks would
+    wait at the broadcast until the timeout when rank 0 fails.  A TrainerError travels as itself (the
+    same message and exit status everywhere); any other error as a RuntimeError naming it.
+    """
+    if not current().distributed:
+        return fn(*args)
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn(*args)
+        except Exception as e:
+            error = e
+    portable = error if error is None or isinstance(error, TrainerError) else RuntimeError(
+        f"rank 0 failed: {type(error).__name__}: {error}")
+    result, shipped = broadcast((result, portable))
+    if error is not None:
+        raise error
+    if shipped is not None:
+        raise shipped
+    return result
 
 
 def gather(obj: Any) -> list[Any] | None:

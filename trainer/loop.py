@@ -35,7 +35,7 @@ from trainer import distributed
 from trainer.checkpoint import read_checkpoint
 from trainer.config import TrainSettings
 from trainer.data import Pair, StepShares, collate, read_pair
-from trainer.errors import ConfigError, MissingInput, TrainerError
+from trainer.errors import ConfigError, MissingInput
 from models.preprocess import Preprocessor, predict_frame
 from models.registry import DEFAULT_VARIANT, variant_defaults
 from trainer.inference import TorchPredictor
@@ -301,7 +301,7 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                 terms = _train_epoch(train_net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype,
                                      epoch, stop)
                 # Rank 0 validates; every rank steps its scheduler and early stop on the same figures.
-                val = distributed.broadcast(validate(net) if world.is_main else None)
+                val = distributed.on_main(validate, net)
                 scheduler.step(val["val_f1_tol"])
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
                        **{f"train_{k}": v for k, v in terms.items()}, **val,
@@ -342,27 +342,19 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
 
 
 def _resume_state(last_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
-    """``last.pt`` as rank 0 read it, on every rank (or rank 0's error, raised on every rank).
+    """``last.pt``, read by rank 0 (only it writes the run directory) and the same on every rank."""
+    return distributed.on_main(_read_last, last_path, meta)
 
-    Only rank 0 writes the run directory, so on several machines only it is sure to have the file.
-    """
-    got: Any = None
-    if distributed.is_main():
-        try:
-            if not last_path.exists():
-                raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
-            # Read onto the CPU: load_state_dict moves weights to the device; the RNG state must stay a CPU tensor.
-            got = read_checkpoint(last_path, "resume", "cpu", needs=("model", "meta", "optimizer", "scheduler",
-                                                                    "scaler", "history", "epoch", "torch_rng"))
-            if got["meta"].get("arch") != meta.get("arch"):
-                raise ConfigError(f"{last_path}: checkpoint is a {got['meta'].get('arch')!r}, "
-                                  f"this run a {meta.get('arch')!r}")
-        except TrainerError as e:
-            got = e
-    got = distributed.broadcast(got)
-    if isinstance(got, TrainerError):
-        raise got
-    return got
+
+def _read_last(last_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    if not last_path.exists():
+        raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
+    # Onto the CPU: load_state_dict moves the weights to the device; the RNG state must stay a CPU tensor.
+    ck = read_checkpoint(last_path, "resume", "cpu", needs=("model", "meta", "optimizer", "scheduler", "scaler",
+                                                           "history", "epoch", "torch_rng"))
+    if ck["meta"].get("arch") != meta.get("arch"):
+        raise ConfigError(f"{last_path}: checkpoint is a {ck['meta'].get('arch')!r}, this run a {meta.get('arch')!r}")
+    return ck
 
 
 class _Quiet:

@@ -206,9 +206,18 @@ def test_torchrun_environment_is_read_and_checked(monkeypatch, tmp_path, capsys)
     assert "start it without torchrun" in capsys.readouterr().err
 
 
-def test_a_global_batch_that_does_not_split_is_refused_by_every_rank(data, tmp_path):
-    r = run_torchrun(2, tiny_args(data, tmp_path / "odd", "--batch-size", "3", "--epochs", "1"))
+def test_what_rank_0_finds_wrong_every_rank_reports(data, tmp_path):
+    # Only rank 0 reads last.pt; the others must not wait for it until the timeout.
+    r = run_torchrun(2, tiny_args(data, tmp_path / "never-ran", "--epochs", "1", "--resume"))
     assert r.returncode != 0
     for rank in (0, 1):
-        assert f"(rank {rank} of 2): batch_size 3 is the global batch" in r.stderr, r.stderr[-4000:]
-        assert f"(rank {rank} of 2): exit 78" in r.stderr
+        assert f"(rank {rank} of 2): {tmp_path / 'never-ran' / 'last.pt'}: nothing to resume" in r.stderr, \
+            r.stderr[-4000:]
+        assert f"(rank {rank} of 2): exit 66" in r.stderr
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    from trainer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size 3 does not split over 2 processes"):
+        StepShares(8, 3, 0, 2)
