@@ -308,6 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["quantize"] and os.environ.get("WORLD_SIZE", "1") != "1":
+        print("crack-train quantize: runs as one process; start it without torchrun", file=sys.stderr)
+        return exits.CONFIG
     if argv[:1] == ["quantize"]:
         from trainer import quantize
 
