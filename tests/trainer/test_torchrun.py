@@ -29,6 +29,9 @@ from trainer.distributed import World, world_from_env
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCH_TIMEOUT = 300  # generous: the CI machine is two shared cores
+# A test here starts up to two torchrun groups (each about 10 s of CPU): more than the suite's 180 s
+# must not end one on a busy machine (measured here: 70 s of CPU for the file, 55 s for the longest test).
+pytestmark = pytest.mark.timeout(2 * LAUNCH_TIMEOUT)
 
 
 def tiny_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
