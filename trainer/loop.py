@@ -288,9 +288,9 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
 
     stopped_early = False
     log.info("event=start run_dir=%s device=%s arch=%s params=%d epochs=%d samples_per_epoch=%d batch=%d lr=%g "
-             "precision=%s why=%r world_size=%d", run_dir, device, meta.get("arch"),
+             "precision=%s why=%r world_size=%d per_rank_batch=%d", run_dir, device, meta.get("arch"),
              sum(p.numel() for p in net.parameters()), cfg.epochs, len(train_set), cfg.batch_size,
-             cfg.learning_rate, prec.name, prec.why, world.size)
+             cfg.learning_rate, prec.name, prec.why, world.size, cfg.batch_size // world.size)
     try:
         with StopOnSignal() as stop:
             for epoch in range(start_epoch, cfg.epochs):

@@ -80,6 +80,8 @@ def two_procs(data: Path, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ddp") / "two"
     r = run_torchrun(2, tiny_args(data, run, "--epochs", "3"))
     assert r.returncode == 0, r.stderr[-4000:]
+    assert "rank=0 event=start" in r.stderr and "world_size=2 per_rank_batch=2" in r.stderr
+    assert "rank=1 event=start" not in r.stderr   # rank 1 trains quietly
     return run
 
 
