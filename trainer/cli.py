@@ -10,6 +10,10 @@
     crack-train quantize  INT8 QDQ ONNX calibrated on training images, refused if validation F1(2px) drops
     crack-train ablation  teacher, soft labels, students, judged side by side, budgeted and resumable
 
+Several processes (GPUs, machines): teacher, student, labels and profile --train run under torchrun,
+e.g. `torchrun --nproc-per-node 4 --no-python crack-train student ...`; --batch-size stays the global
+batch (docs/training.md, "Several GPUs or machines").
+
 Exit status: 0 done, 2 usage, 65 bad data, 66 missing input, 69 tool unavailable, 78 bad config,
 130 interrupted (resume with the same command and --resume).
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -75,24 +80,31 @@ def _settings(ns: argparse.Namespace, **forced: Any) -> TrainSettings:
 
 
 def cmd_teacher(ns: argparse.Namespace) -> int:
+    from trainer import distributed
     from trainer.teacher import train_teacher
 
     cfg = _settings(ns, arch=ns.arch or "teacher")
-    r = train_teacher(cfg)
-    print(f"best epoch {r.best_epoch}: val F1(2px) {r.best_val_f1_tol:.4f}; checkpoint {r.run_dir / 'best.pt'}")
+    with distributed.session(cfg.device, cfg.dist_timeout) as world:
+        r = train_teacher(cfg)
+    if world.is_main:
+        print(f"best epoch {r.best_epoch}: val F1(2px) {r.best_val_f1_tol:.4f}; checkpoint {r.run_dir / 'best.pt'}")
     return 0
 
 
 def cmd_student(ns: argparse.Namespace) -> int:
+    from trainer import distributed
     from trainer.student import train_distilled_student, train_plain_student
 
     cfg = _settings(ns)
-    r = train_plain_student(cfg) if ns.plain else train_distilled_student(cfg)
-    print(f"best epoch {r.best_epoch}: val F1(2px) {r.best_val_f1_tol:.4f}; checkpoint {r.run_dir / 'best.pt'}")
+    with distributed.session(cfg.device, cfg.dist_timeout) as world:
+        r = train_plain_student(cfg) if ns.plain else train_distilled_student(cfg)
+    if world.is_main:
+        print(f"best epoch {r.best_epoch}: val F1(2px) {r.best_val_f1_tol:.4f}; checkpoint {r.run_dir / 'best.pt'}")
     return 0
 
 
 def cmd_labels(ns: argparse.Namespace) -> int:
+    from trainer import distributed
     from trainer.labels import generate_labels
     from trainer.loop import pick_device
     from trainer.sets import train_pair_sets
@@ -103,8 +115,10 @@ def cmd_labels(ns: argparse.Namespace) -> int:
 
         torch.set_num_threads(cfg.threads)
     pairs = [p for pairs, _ in train_pair_sets(cfg) for p in pairs]
-    path = generate_labels(ns.teacher_ckpt, pairs, ns.temperature, ns.out, pick_device(cfg.device))
-    print(f"{len(pairs)} images labelled at T={ns.temperature:g}: {path}")
+    with distributed.session(cfg.device, cfg.dist_timeout) as world:
+        path = generate_labels(ns.teacher_ckpt, pairs, ns.temperature, ns.out, pick_device(cfg.device))
+    if world.is_main:
+        print(f"{len(pairs)} images labelled at T={ns.temperature:g}: {path}")
     return 0
 
 
@@ -165,25 +179,44 @@ def _profile_train(ns: argparse.Namespace) -> int:
     import json
 
     from models.registry import list_models
+    from trainer import distributed
     from trainer.loop import pick_device
-    from trainer.profile import train_speed
+    from trainer.profile import scaling_rows, train_speed
 
     archs = [ns.arch] if ns.arch else list_models()
-    device = pick_device(ns.device)
-    rows = []
 
     def show(row: dict[str, Any]) -> None:
         print(json.dumps(row) if ns.json else
-              f"{row['arch']:<14} {row['precision']:<5} crop {row['crop']} batch {row['batch']}: "
-              f"{row['img_per_s']:6.2f} img/s ({row['s_per_step']:.2f} s/step, {row['threads']} threads, "
-              f"{row['device']}; {row['why']})", flush=True)
+              f"{row['arch']:<14} {row['precision']:<5} crop {row['crop']} batch {row['batch']} "
+              f"x{row.get('procs', 1)} proc: {row['img_per_s']:6.2f} img/s ({row['s_per_step']:.2f} s/step, "
+              f"{row['threads']} threads/proc, {row['device']}; {row['why']})", flush=True)
 
-    for arch in archs:
-        try:
-            rows += train_speed(arch, ns.crop, ns.batch_size, ns.steps, precisions=tuple(ns.precision),
-                                threads=ns.threads, device=device, on_row=show)
-        except KeyError as e:
-            raise ConfigError(str(e.args[0])) from e
+    if ns.procs and distributed.world_from_env().distributed:
+        raise ConfigError("profile --procs launches torchrun itself: run it as one process")
+    if ns.procs:
+        for arch in archs:
+            rows = scaling_rows(arch, ns.procs, ns.crop, ns.batch_size, ns.steps, tuple(ns.precision), ns.threads,
+                                ns.device, on_row=show)
+            base = {r["precision"]: r["img_per_s"] for r in rows if r["procs"] == min(ns.procs)}
+            for r in rows:
+                if r["procs"] != min(ns.procs) and base.get(r["precision"]):
+                    print(json.dumps({"arch": arch, "precision": r["precision"], "procs": r["procs"],
+                                      "speedup": round(r["img_per_s"] / base[r["precision"]], 2)})
+                          if ns.json else f"{arch:<14} {r['precision']:<5} {r['procs']} procs: "
+                          f"{r['img_per_s'] / base[r['precision']]:.2f}x the images/s of {min(ns.procs)}", flush=True)
+        return 0
+    with distributed.session(ns.device) as world:
+        device = pick_device(ns.device)
+        rows = []
+        for arch in archs:
+            try:
+                rows += train_speed(arch, ns.crop, ns.batch_size, ns.steps, precisions=tuple(ns.precision),
+                                    threads=ns.threads, device=device, on_row=show if world.is_main and not ns.rows_out
+                                    else None)
+            except KeyError as e:
+                raise ConfigError(str(e.args[0])) from e
+        if world.is_main and ns.rows_out:
+            ns.rows_out.write_text(json.dumps(rows))
     return 0
 
 
@@ -215,6 +248,10 @@ def cmd_ablation(ns: argparse.Namespace) -> int:
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+# What runs under torchrun; everything else reads or writes one file and runs as one process.
+DISTRIBUTED_COMMANDS = ("teacher", "student", "labels", "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -279,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--train: precisions to time")
     p.add_argument("--threads", type=int, help="--train: torch CPU threads")
     p.add_argument("--device", default="auto", help="--train: auto, cpu, cuda")
+    p.add_argument("--procs", type=int, nargs="+", metavar="N",
+                   help="--train: also time N processes under torchrun (e.g. --procs 1 2; --threads is then per "
+                        "process, default cores / N); --batch-size stays the global batch")
+    p.add_argument("--rows-out", type=Path, help=argparse.SUPPRESS)  # where a rank 0 launched by --procs writes rows
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_profile)
 
@@ -307,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["quantize"] and os.environ.get("WORLD_SIZE", "1") != "1":
+        print("crack-train quantize: runs as one process; start it without torchrun", file=sys.stderr)
+        return exits.CONFIG
     if argv[:1] == ["quantize"]:
         from trainer import quantize
 
@@ -318,17 +362,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("crack-train quantize: interrupted", file=sys.stderr)
             return exits.INTERRUPTED
     ns = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if ns.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    rank, tag, quiet = "", "", False
+    if "WORLD_SIZE" in os.environ:  # under torchrun: rank 0 logs, the others only warn
+        from trainer.distributed import world_from_env
+
+        try:
+            world = world_from_env()
+        except TrainerError as e:
+            print(f"crack-train {ns.command}: {e}", file=sys.stderr)
+            return e.exit_code
+        if world.distributed:
+            rank, tag, quiet = f" (rank {world.rank} of {world.size})", f" rank={world.rank}", not world.is_main
+            if ns.command not in DISTRIBUTED_COMMANDS or (ns.command == "profile" and not ns.train):
+                print(f"crack-train {ns.command}: runs as one process; start it without torchrun "
+                      f"(WORLD_SIZE={world.size})", file=sys.stderr)
+                return exits.CONFIG
+    logging.basicConfig(level=logging.WARNING if quiet else logging.DEBUG if ns.verbose else logging.INFO,
+                        format=f"%(asctime)s %(levelname)s %(name)s{tag} %(message)s",
+                        datefmt="%H:%M:%S")
+    code = _run(ns, rank)
+    if rank and code:  # torchrun reports no exit status of its own ranks when it is stopped: each says its own
+        print(f"crack-train {ns.command}{rank}: exit {code}", file=sys.stderr)
+    return code
+
+
+def _run(ns: argparse.Namespace, rank: str) -> int:
     from trainer.loop import Interrupted
 
     try:
         return ns.func(ns)
     except TrainerError as e:
-        print(f"crack-train {ns.command}: {e}", file=sys.stderr)
+        print(f"crack-train {ns.command}{rank}: {e}", file=sys.stderr)
         return e.exit_code
     except Interrupted:
-        print(f"crack-train {ns.command}: interrupted; run the same command with --resume to continue",
+        print(f"crack-train {ns.command}{rank}: interrupted; run the same command with --resume to continue",
               file=sys.stderr)
         return exits.INTERRUPTED
     except KeyboardInterrupt:  # outside a training loop (eval, labels, export, ...): nothing to resume

@@ -55,6 +55,11 @@ class TrainSettings(BaseModel):
     amp: bool = Field(True, description="Mixed precision: bf16 autocast + channels-last on CPUs with native bf16, bf16/fp16 on CUDA (--no-amp: fp32)")
     run_dir: Path = Field(Path("runs/run"), description="Where checkpoints, logs and the plot go")
     resume: bool = Field(False, description="Continue from run_dir/last.pt")
+    sync_bn: bool = Field(True, description=(
+        "Under torchrun: BatchNorm statistics over the global batch, as one process computes them "
+        "(--no-sync-bn: each rank's share alone)"))
+    dist_timeout: float = Field(1800.0, gt=0, description=(
+        "Under torchrun: seconds a rank waits at a collective (rank 0 validates while the others wait)"))
     init: Path | None = Field(None, description=(
         "Start from this checkpoint's weights (fine-tuning on your own roads); optimiser and epochs start afresh"))
     # Distillation (step 3 only)

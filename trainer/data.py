@@ -297,6 +297,32 @@ class CropDataset:
         return img[sl], target[sl], (soft[sl] if soft is not None else None)
 
 
+class StepShares:
+    """The sample indices one rank trains on, step by step: a batch sampler for the DataLoader.
+
+    Step ``s`` of an epoch is samples ``s*B .. s*B+B-1`` of the global batch ``B`` (the partial batch
+    at the end is dropped); of ``world`` ranks, rank ``r`` takes the ``r``-th slice of ``B/world``.
+    The shares are disjoint and union to exactly the one-process batch, and a CropDataset sample
+    depends only on (seed, epoch, index), so N processes train on the same crops as one.
+    """
+
+    def __init__(self, samples: int, global_batch: int, rank: int = 0, world: int = 1) -> None:
+        if global_batch % world:
+            raise ConfigError(f"batch_size {global_batch} does not split over {world} processes")
+        self.per_rank = global_batch // world
+        self.offset = rank * self.per_rank
+        self.global_batch = global_batch
+        self.steps = samples // global_batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for s in range(self.steps):
+            start = s * self.global_batch + self.offset
+            yield list(range(start, start + self.per_rank))
+
+
 def read_soft_labels(paths: Sequence[Path], shape: tuple[int, int]) -> np.ndarray:
     """The teacher's four 8-bit soft labels of one image as HxWx4 float32 in [0, 1]."""
     chans = []

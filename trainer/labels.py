@@ -6,6 +6,10 @@ own size (predicted at native size through the daemon's pre-processing, :mod:`mo
 with the teacher variant's normalisation).  ``manifest.json`` records the
 teacher checkpoint and its SHA-256, T, and every image with its SHA-256, so step 3 refuses labels
 made by another teacher or for other images.
+
+Under torchrun each rank labels every WORLD_SIZE-th image (the images are independent, so the files
+are those one process writes); rank 0 gathers the entries and writes the one manifest once every
+rank is done.  On several machines ``--out`` must be a folder they all see.
 """
 from __future__ import annotations
 
@@ -56,6 +60,8 @@ def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature
     import torch
     import torch.nn.functional as F
 
+    from trainer import distributed
+
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     out_dir = Path(out_dir)
@@ -63,7 +69,8 @@ def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature
     pre = Preprocessor(variant_defaults(meta["arch"]), "native")
     entries = []
     t0 = time.monotonic()
-    for i, pair in enumerate(pairs, 1):
+    mine = distributed.share(list(enumerate(pairs)))  # all of them in one process
+    for done, (index, pair) in enumerate(mine, 1):
         img = read_image(pair.image)
         h, w = img.shape[:2]
         x, _ = pre(img)
@@ -74,18 +81,27 @@ def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature
         for name, f in zip(OUTPUTS, files):
             p = F.softmax(outs[name].float() / temperature, dim=1)[0, 0, :h, :w].cpu().numpy()
             cv2.imwrite(str(f), np.round(p * 255).astype(np.uint8))
-        entries.append({"image": str(pair.image.resolve()), "sha256": sha256_file(pair.image),
-                        "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]})
-        log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f", pair.image.name, i, len(pairs),
+        entries.append((index, {"image": str(pair.image.resolve()), "sha256": sha256_file(pair.image),
+                                "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]}))
+        log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f", pair.image.name, done, len(mine),
                  time.monotonic() - t0)
+    path = out_dir / MANIFEST
+    everyone = distributed.gather(entries)  # also the barrier: every rank's files are written
+    if everyone is not None:
+        _write_manifest(path, teacher_ckpt, meta, temperature, [e for _, e in sorted(sum(everyone, []),
+                                                                                     key=lambda ie: ie[0])])
+    distributed.barrier()  # no rank returns before the manifest exists
+    return path
+
+
+def _write_manifest(path: Path, teacher_ckpt: str | Path, meta: dict, temperature: float, entries: list[dict]) -> None:
     manifest = {"version": 1, "teacher": str(Path(teacher_ckpt).resolve()),
                 "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
                 "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
-    path = out_dir / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # the manifest is what marks the set complete: never half-written
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)
-    return path
 
 
 def load_manifest(label_dir: str | Path, pairs: Sequence[Pair], teacher: str | Path | None = None) -> dict:

@@ -4,6 +4,12 @@ A run directory holds ``config.json`` (the settings), ``last.pt`` (written atomi
 epoch: weights, optimiser, scheduler, history), ``best.pt`` (weights with the best validation
 F1(2px)), ``log.csv`` and ``curves.png``.  ``--resume`` continues from ``last.pt``, so Ctrl-C or a
 kill loses at most the epoch in progress.
+
+Under ``torchrun`` (:mod:`trainer.distributed`) the same loop runs on every rank: ``--batch-size``
+is the global batch, each rank trains on its slice of every step (:class:`trainer.data.StepShares`)
+inside DistributedDataParallel, BatchNorm statistics are global (``--sync-bn``), and rank 0 alone
+validates, schedules from the figures it broadcasts, writes the run directory and logs.  A stop
+asked on any rank is agreed by all at the same step, so every rank leaves together.
 """
 from __future__ import annotations
 
@@ -25,9 +31,10 @@ import torch
 from torch import nn
 
 from models.card import sha256_file
+from trainer import distributed
 from trainer.checkpoint import read_checkpoint
 from trainer.config import TrainSettings
-from trainer.data import Pair, collate, read_pair
+from trainer.data import Pair, StepShares, collate, read_pair
 from trainer.errors import ConfigError, MissingInput
 from models.preprocess import Preprocessor, predict_frame
 from models.registry import DEFAULT_VARIANT, variant_defaults
@@ -75,17 +82,21 @@ class StopOnSignal:
         self.reason = name
         log.warning("event=stopping signal=%s at='next training step or end of epoch'", name)
 
-    def check(self) -> None:
-        if self.reason is not None:
-            raise Interrupted(self.reason)
+    def check(self, failed: bool = False) -> bool:
+        """Raise Interrupted if a stop was asked here or on any other rank; ``failed`` as agreed by all ranks.
+
+        One all-reduce under torchrun (none alone): ranks stop at the same step, so none is left
+        waiting in a collective that the others have walked away from.
+        """
+        asked, failed = distributed.any_rank(self.reason is not None, failed)
+        if asked:
+            raise Interrupted(self.reason or "stop asked on another rank")
+        return failed
 
 
 def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available here")
-    return name
+    """``auto`` is CUDA where present; under torchrun each rank gets cuda:LOCAL_RANK (or the CPU)."""
+    return distributed.local_device(name)
 
 
 @dataclass(frozen=True)
@@ -185,8 +196,12 @@ def init_weights(net: nn.Module, path: Path, meta: dict[str, Any], device: str) 
 
 def _atomic_save(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a second Ctrl-C or a full disk mid-write: leave no half-written file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_csv(path: Path, history: list[dict[str, Any]]) -> None:
@@ -224,15 +239,22 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
     ``meta`` goes into every checkpoint (arch, deploy temperature, data, recipe) so that export
     and eval need nothing but the checkpoint.
     """
+    world = distributed.current()
     device = pick_device(cfg.device)
+    if cfg.batch_size % world.size:
+        raise ConfigError(f"batch_size {cfg.batch_size} is the global batch: it must split evenly over "
+                          f"{world.size} processes (try {max(1, cfg.batch_size // world.size) * world.size})")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     seed_everything(cfg.seed)
 
     net.to(device)
+    if world.distributed and cfg.sync_bn:
+        net = distributed.sync_batchnorm(net, device)
     prec = choose_precision(device, cfg.amp)
     if prec.channels_last:
         net.to(memory_format=torch.channels_last)
@@ -249,12 +271,7 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
     if cfg.init is not None and not cfg.resume:  # a resumed run already holds the fine-tuned weights
         init_weights(net, Path(cfg.init), meta, device)
     if cfg.resume:
-        if not last_path.exists():
-            raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
-        ck = read_checkpoint(last_path, "resume", device, needs=("model", "meta", "optimizer", "scheduler", "scaler",
-                                                                 "history", "epoch", "torch_rng"))
-        if ck["meta"].get("arch") != meta.get("arch"):
-            raise ConfigError(f"{last_path}: checkpoint is a {ck['meta'].get('arch')!r}, this run a {meta.get('arch')!r}")
+        ck = _resume_state(last_path, meta)
         net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -263,22 +280,28 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
         start_epoch, best, best_epoch, since_best = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["since_best"]
         torch.set_rng_state(ck["torch_rng"])
         log.info("event=resume run_dir=%s epoch=%d best_val_f1_tol=%.4f", run_dir, start_epoch, best)
-    (run_dir / "config.json").write_text(json.dumps(
-        {"settings": json.loads(cfg.model_dump_json()), "meta": meta, "device": device,
-         "torch": torch.__version__, "argv": sys.argv}, indent=2) + "\n")
+    if world.is_main:
+        (run_dir / "config.json").write_text(json.dumps(
+            {"settings": json.loads(cfg.model_dump_json()), "meta": meta, "device": device,
+             "world_size": world.size, "torch": torch.__version__, "argv": sys.argv}, indent=2) + "\n")
+    train_net = distributed.data_parallel(net, device, not cfg.sync_bn) if world.distributed else net
 
     stopped_early = False
     log.info("event=start run_dir=%s device=%s arch=%s params=%d epochs=%d samples_per_epoch=%d batch=%d lr=%g "
-             "precision=%s why=%r", run_dir, device, meta.get("arch"), sum(p.numel() for p in net.parameters()),
-             cfg.epochs, len(train_set), cfg.batch_size, cfg.learning_rate, prec.name, prec.why)
+             "precision=%s why=%r world_size=%d per_rank_batch=%d", run_dir, device, meta.get("arch"),
+             sum(p.numel() for p in net.parameters()), cfg.epochs, len(train_set), cfg.batch_size,
+             cfg.learning_rate, prec.name, prec.why, world.size, cfg.batch_size // world.size)
     try:
         with StopOnSignal() as stop:
             for epoch in range(start_epoch, cfg.epochs):
                 t0 = time.monotonic()
                 train_set.set_epoch(epoch)
-                terms = _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
-                                     stop.check)
-                val = validate(net)
+                if world.distributed:  # dropout masks (the teacher's) differ per rank, reproducibly per epoch
+                    torch.manual_seed(hash((cfg.seed, epoch, world.rank)) % 2**63)
+                terms = _train_epoch(train_net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype,
+                                     epoch, stop)
+                # Rank 0 validates; every rank steps its scheduler and early stop on the same figures.
+                val = distributed.on_main(validate, net)
                 scheduler.step(val["val_f1_tol"])
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
                        **{f"train_{k}": v for k, v in terms.items()}, **val,
@@ -289,16 +312,17 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                     best, best_epoch, since_best = val["val_f1_tol"], epoch, 0
                 else:
                     since_best += 1
-                state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
-                                                             "settings": json.loads(cfg.model_dump_json())}}
-                if improved:
-                    _atomic_save(state, best_path)
-                _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                              "scaler": scaler.state_dict(), "epoch": epoch, "best": best, "best_epoch": best_epoch,
-                              "since_best": since_best, "history": history, "torch_rng": torch.get_rng_state()},
-                             last_path)
-                write_csv(run_dir / "log.csv", history)
-                plot_curves(run_dir / "curves.png", history)
+                if world.is_main:
+                    state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
+                                                                 "settings": json.loads(cfg.model_dump_json())}}
+                    if improved:
+                        _atomic_save(state, best_path)
+                    _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                  "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
+                                  "best_epoch": best_epoch, "since_best": since_best, "history": history,
+                                  "torch_rng": torch.get_rng_state()}, last_path)
+                    write_csv(run_dir / "log.csv", history)
+                    plot_curves(run_dir / "curves.png", history)
                 log.info("event=epoch epoch=%d train_loss=%.4f val_f1_tol=%.4f val_f1=%.4f val_iou=%.4f "
                          "val_threshold=%.2f lr=%.2g seconds=%.0f best_epoch=%d",
                          epoch, row["train_loss"], val["val_f1_tol"], val["val_f1"], val["val_iou"],
@@ -307,13 +331,40 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                     stopped_early = True
                     log.info("event=early_stop epoch=%d epochs_without_improvement=%d", epoch, since_best)
                     break
-                stop.check()  # the epoch is saved: a stop asked during it loses nothing
+                stop.check()  # the epoch is saved (rank 0 saves before it joins this check): a stop loses nothing
     except (KeyboardInterrupt, Interrupted) as e:
         done = history[-1]["epoch"] if history else -1
         log.warning("event=interrupted reason=%s last_complete_epoch=%d resume='same command with --resume'",
                     type(e).__name__ if isinstance(e, KeyboardInterrupt) else e, done)
         raise Interrupted(str(e)) from None
+    distributed.barrier()
     return RunResult(run_dir, best_epoch, best, len(history), stopped_early)
+
+
+def _resume_state(last_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """``last.pt``, read by rank 0 (only it writes the run directory) and the same on every rank."""
+    return distributed.on_main(_read_last, last_path, meta)
+
+
+def _read_last(last_path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    if not last_path.exists():
+        raise MissingInput(f"{last_path}: nothing to resume (start without --resume)")
+    # Onto the CPU: load_state_dict moves the weights to the device; the RNG state must stay a CPU tensor.
+    ck = read_checkpoint(last_path, "resume", "cpu", needs=("model", "meta", "optimizer", "scheduler", "scaler",
+                                                           "history", "epoch", "torch_rng"))
+    if ck["meta"].get("arch") != meta.get("arch"):
+        raise ConfigError(f"{last_path}: checkpoint is a {ck['meta'].get('arch')!r}, this run a {meta.get('arch')!r}")
+    return ck
+
+
+class _Quiet:
+    """The progress bar of ranks other than 0: they train in step with it and say nothing."""
+
+    def update(self, done: int, **figures: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _main_thread() -> bool:
@@ -323,17 +374,17 @@ def _main_thread() -> bool:
 
 
 def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
-                 check_stop: Callable[[], None] = lambda: None) -> dict[str, float]:
-    loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=False, drop_last=True,
-                                         num_workers=cfg.workers, collate_fn=collate,
+                 stop: StopOnSignal) -> dict[str, float]:
+    world = distributed.current()
+    shares = StepShares(len(train_set), cfg.batch_size, world.rank, world.size)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=shares, num_workers=cfg.workers, collate_fn=collate,
                                          pin_memory=device.startswith("cuda"))
     if len(loader) == 0:
         raise ConfigError(f"samples_per_epoch {len(train_set)} < batch_size {cfg.batch_size}: no step per epoch")
     net.train()
     sums: dict[str, float] = {}
-    bar = Progress(len(loader), f"epoch={epoch}")
+    bar = Progress(len(loader), f"epoch={epoch}") if world.is_main else _Quiet()
     for step, batch in enumerate(loader, 1):
-        check_stop()
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         if use_amp:  # channels-last goes with autocast (choose_precision): oneDNN's fast bf16 kernels want NHWC
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -342,8 +393,10 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
             outputs = net(batch["image"])
         terms = loss_fn(outputs, batch)
         loss = terms["loss"]
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch} step {step}; lower --lr")
+        value = loss.item()
+        if stop.check(failed=not math.isfinite(value)):  # the safe point: before this step changes the weights
+            raise FloatingPointError(f"loss became non-finite at epoch {epoch} step {step} (rank {world.rank}: "
+                                     f"{value}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -352,4 +405,5 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.update(step, loss=sums["loss"] / step)
     bar.close()
-    return {k: v / len(loader) for k, v in sums.items()}
+    # Each rank's mean over its shares; their mean is the global batch's (equal shares, per-pixel losses).
+    return distributed.mean_over_ranks({k: v / len(loader) for k, v in sums.items()})
