@@ -52,6 +52,7 @@ class RecordApp(SubscriberApp):
                     log.error("event=receiver_stopped error=%r", exc)
                     self.exit_code = exits.FAILURE
                 self.should_exit = True
+            self.check_refused()
 
     async def shutdown(self) -> None:
         await self.close_subscriber()
