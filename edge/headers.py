@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import InitVar, dataclass, field, fields, replace
+from dataclasses import MISSING, InitVar, dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Iterator
 
 SCHEMA = 1
@@ -43,6 +43,21 @@ class _Unset:
 
 
 UNSET: Any = _Unset()
+
+
+class RecordList(tuple):  # type: ignore[type-arg]
+    """An immutable list of records (``cracks``) that equals the JSON list it was read from."""
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
 
 
 class WireError(ValueError):
@@ -137,6 +152,9 @@ class Record(Mapping[str, Any]):
 
     __slots__ = ()
     SPECS: ClassVar[dict[str, Spec]]
+    REQUIRED: ClassVar[tuple[str, ...]]
+    DEFAULTS: ClassVar[dict[str, Any]]
+    ROWS: ClassVar[tuple[tuple[Any, ...], ...]]
     OMIT_NONE: ClassVar[bool] = False   # top-level headers: a None optional field is not sent
     extra: Mapping[str, Any]
     _unset: frozenset[str]
@@ -144,56 +162,68 @@ class Record(Mapping[str, Any]):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = ""):  # type: ignore[no-untyped-def]
         """The record of a decoded JSON object; a required field missing is ``missing_field``."""
-        if isinstance(data, cls):
-            return data
-        if not isinstance(data, Mapping):
-            raise WireError("bad_field", f"{where.rstrip('.') or cls.__name__}={data!r:.64} is not an object")
+        if type(data) is not dict:
+            if isinstance(data, cls):
+                return data
+            if not isinstance(data, Mapping):
+                raise WireError("bad_field", f"{where.rstrip('.') or cls.__name__}={data!r:.64} is not an object")
         specs = cls.SPECS
-        known: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
-        for k, v in data.items():
-            if k in specs:
-                known[k] = v
-            else:
-                extra[k] = v
-        for name, spec in specs.items():
-            if spec.required and name not in known:
+        known = {k: v for k, v in data.items() if k in specs}
+        extra = {k: v for k, v in data.items() if k not in specs} if len(known) != len(data) else {}
+        for name in cls.REQUIRED:
+            if name not in known:
                 raise WireError("missing_field", f"{where}{name}")
-        return cls(**known, extra=extra, _where=where)  # type: ignore[call-arg]
+        # What __init__ + __post_init__ do, without the frozen __init__'s per-field setattr calls
+        # (half the cost of decoding a header).
+        obj = cls.__new__(cls)
+        values = obj.__dict__
+        values.update(cls.DEFAULTS)
+        values.update(known)
+        values["extra"] = extra
+        obj._check(where)
+        obj._after_check()
+        return obj
 
     def _check(self, where: str) -> None:
+        # Hot path (every message received): plain dict reads, labels built only for an error.
+        values = self.__dict__
         unset = []
-        for name, spec in self.SPECS.items():
-            v = getattr(self, name)
-            label = f"{where}{name}"
-            if v is UNSET:
-                unset.append(name)
-                object.__setattr__(self, name, None)
-                v = None
-            if v is None:
-                if spec.required:
-                    raise WireError("missing_field", label)
+        for name, types, required, check, spec in self.ROWS:
+            v = values[name]
+            if v is None or v is UNSET:
+                if v is UNSET:
+                    unset.append(name)
+                    values[name] = None
+                if required:
+                    raise WireError("missing_field", f"{where}{name}")
                 continue
-            if spec.nested is not None:
-                if spec.many:
-                    if not isinstance(v, (list, tuple)):
-                        raise WireError("bad_field", f"{label}={v!r:.64} is not a list")
-                    if len(v) > spec.many:
-                        raise WireError("bad_field", f"{label} has {len(v)} entries, at most {spec.many}")
-                    v = tuple(spec.nested.from_dict(x, f"{label}[{i}].") for i, x in enumerate(v))  # type: ignore[attr-defined]
-                elif not isinstance(v, spec.nested):
-                    v = spec.nested.from_dict(v, f"{label}.")  # type: ignore[attr-defined]
-                object.__setattr__(self, name, v)
+            if spec is not None:
+                values[name] = self._nested(spec, f"{where}{name}", v)
                 continue
+            t = type(v)
             # bool is an int in Python; a field typed int must not accept True.
-            if (isinstance(v, bool) and bool not in spec.types) or not isinstance(v, spec.types):
-                raise WireError("bad_field", f"{label}={v!r:.64}")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise WireError("bad_number", f"{label} is not finite")
-            if spec.check is not None:
-                spec.check(label, v)
+            if t not in types and (t is bool or not isinstance(v, types)):
+                raise WireError("bad_field", f"{where}{name}={v!r:.64}")
+            if t is float and not math.isfinite(v):
+                raise WireError("bad_number", f"{where}{name} is not finite")
+            if check is not None:
+                check(f"{where}{name}", v)
         if unset:
-            object.__setattr__(self, "_unset", frozenset(unset))
+            values["_unset"] = frozenset(unset)
+
+    @staticmethod
+    def _nested(spec: Spec, label: str, v: Any) -> Any:
+        nested: Any = spec.nested
+        if not spec.many:
+            return v if isinstance(v, nested) else nested.from_dict(v, f"{label}.")
+        if not isinstance(v, (list, tuple)):
+            raise WireError("bad_field", f"{label}={v!r:.64} is not a list")
+        if len(v) > spec.many:
+            raise WireError("bad_field", f"{label} has {len(v)} entries, at most {spec.many}")
+        return RecordList(nested.from_dict(x, f"{label}[{i}].") for i, x in enumerate(v))
+
+    def _after_check(self) -> None:
+        """Checks across fields, after each field's own."""
 
     def _absent(self, name: str) -> bool:
         return getattr(self, name) is None if self.OMIT_NONE else name in self._unset
@@ -248,12 +278,20 @@ def _record(cls: type) -> type:
     The InitVar ``_where`` only prefixes error messages with the path of a nested record.
     """
     cls = dataclass(frozen=True, eq=False, kw_only=True)(cls)
-    cls.SPECS = {f.name: f.metadata["wire"] for f in fields(cls) if "wire" in f.metadata}  # type: ignore[attr-defined]
+    specs: dict[str, Spec] = {f.name: f.metadata["wire"] for f in fields(cls) if "wire" in f.metadata}
+    cls.SPECS = specs  # type: ignore[attr-defined]
+    cls.DEFAULTS = {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[attr-defined,misc]
+                    for f in fields(cls) if f.name != "extra"}
+    cls.REQUIRED = tuple(n for n, sp in specs.items() if sp.required)  # type: ignore[attr-defined]
+    # (name, types, required, check, spec if nested) per field: the checking loop reads tuples.
+    cls.ROWS = tuple((n, sp.types, sp.required, sp.check, sp if sp.nested else None)  # type: ignore[attr-defined]
+                     for n, sp in specs.items())
     return cls
 
 
 def _post_init(self: Record, _where: str) -> None:
     self._check(_where)
+    self._after_check()
 
 
 # ---------------------------------------------------------------- nested records
@@ -364,8 +402,9 @@ class MaskHeader(Record):
     _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _where: InitVar[str] = ""
 
-    def __post_init__(self, _where: str) -> None:
-        _post_init(self, _where)
+    __post_init__ = _post_init
+
+    def _after_check(self) -> None:
         _check_kind(self)
 
 
@@ -403,8 +442,9 @@ class StatusHeader(Record):
     _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _where: InitVar[str] = ""
 
-    def __post_init__(self, _where: str) -> None:
-        _post_init(self, _where)
+    __post_init__ = _post_init
+
+    def _after_check(self) -> None:
         _check_kind(self)
 
 
