@@ -77,22 +77,19 @@ class Message:
 # ---------------------------------------------------------------- encoding
 
 def png_b64(mask: np.ndarray) -> bytes:
-    """A 0/255 uint8 mask as base64 PNG (fast compression: masks are mostly zero)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise WireError("encode_failed", "PNG encoding failed")
-    return base64.b64encode(buf)
+    """A 0/255 uint8 mask as base64 PNG (frame 3)."""
+    try:
+        return base64.b64encode(images.encode_mask_png(mask))
+    except images.ImageError as e:
+        raise WireError("encode_failed", str(e)) from None
 
 
 def jpeg_b64(frame: np.ndarray, quality: int = 80) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise WireError("encode_failed", "JPEG encoding failed")
-    return base64.b64encode(buf)
+    """A BGR frame as base64 JPEG (frame 4)."""
+    try:
+        return base64.b64encode(images.encode_jpeg(frame, quality))
+    except images.ImageError as e:
+        raise WireError("encode_failed", str(e)) from None
 
 
 def _json(header: MaskHeader | StatusHeader) -> bytes:
