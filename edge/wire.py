@@ -47,6 +47,11 @@ class Defaults:
     HEARTBEAT_IVL_MS = 1000   # ZMTP PING every second ...
     HEARTBEAT_TIMEOUT_MS = 3000  # ... and a peer silent for 3 s is dropped (half-open links)
     HEARTBEAT_TTL_MS = 6000
+    # Receivers (SUB/XSUB) find half-open links by TCP keepalive instead, ~4 s: libzmq 4.3 aborts
+    # a receiver whose own heartbeat times out while its queue is full (libzmq #3937, #4767).
+    TCP_KEEPALIVE_IDLE_S = 2
+    TCP_KEEPALIVE_INTVL_S = 1
+    TCP_KEEPALIVE_CNT = 2
     RECONNECT_IVL_MS = 200
     RECONNECT_IVL_MAX_MS = 2000
     STATUS_PERIOD_S = 1.0     # the daemon's heartbeat on status/<vehicle_id>

@@ -36,6 +36,16 @@ def subscriber(ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str]
     ``curve`` (edge.security.ClientCurve) makes each connection a CurveZMQ client.
     """
     sock = apply_defaults(ctx.socket(kind))
+    # No ZMTP heartbeat of its own on a receiving socket: when a slow viewer's queue is full its
+    # engine stops reading, its heartbeat times out, and libzmq 4.3 then aborts the whole process
+    # on reconnecting (assertion _input_stopped, libzmq #3937 / #4767; a flood of messages was
+    # enough).  The publisher's heartbeats still drop a dead viewer on its side; this side finds a
+    # half-open link by TCP keepalive, which the kernel answers whether or not we read.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, Defaults.TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, Defaults.TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, Defaults.TCP_KEEPALIVE_CNT)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     # ZeroMQ checks this per frame, before receiving it: a peer sending a frame larger than the wire
     # allows is disconnected (and reconnected), so no receiver ever holds a 270 MiB message.

@@ -9,8 +9,10 @@ immutable snapshot.
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from edge import wire
@@ -166,8 +168,7 @@ class FleetState:
             out.append(VehicleView(
                 vehicle_id=vid, run_id=v.run_id, seq=v.seq.get("mask", -1), masks=v.masks,
                 fps=v.fps(now),
-                latency_publish_ms=None if v.latency_publish_s is None else v.latency_publish_s * 1000,
-                latency_capture_ms=None if v.latency_capture_s is None else v.latency_capture_s * 1000,
+                latency_publish_ms=_ms(v.latency_publish_s), latency_capture_ms=_ms(v.latency_capture_s),
                 infer_ms=mh.infer_ms if mh is not None else None, drops=v.drops, restarts=v.restarts, stale=v.stale,
                 silent_s=max(0.0, now - v.last_seen),
                 crack_ratio=mh.crack_ratio if mh is not None else None, crack_length_px=mh.crack_length_px if mh is not None else None,
@@ -180,3 +181,11 @@ class FleetState:
             ))
         return out
 
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds as ms; None when unknown or not finite (a t_publish of -1e308 is a valid number whose
+    latency overflows, and frames.jsonl is standard JSON)."""
+    if seconds is None:
+        return None
+    ms = seconds * 1000.0
+    return ms if math.isfinite(ms) else None
