@@ -184,3 +184,57 @@ def test_display_set_without_an_x_server_exits_no_display(tmp_path: Path) -> Non
     r = run_cli("watch", "--connect", endpoint(), "--duration", "1", env=env)
     assert r.returncode == exits.NO_DISPLAY, r.stderr
     assert "no X server" in r.stderr
+
+
+SLOW_RECEIVER = r"""
+import sys, threading, time, zmq
+from viewer.sockets import subscriber
+ctx = zmq.Context()
+pub = ctx.socket(zmq.PUB)
+pub.setsockopt(zmq.SNDHWM, 100000)
+pub.bind("tcp://127.0.0.1:0")
+sub = subscriber(ctx, [pub.getsockopt_string(zmq.LAST_ENDPOINT)], rcvhwm=4)
+time.sleep(0.3)
+def flood():
+    while True:
+        try:
+            pub.send(b"x" * 100000, zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        time.sleep(0.001)
+threading.Thread(target=flood, daemon=True).start()
+for _ in range(2):  # busy for longer than the heartbeat timeout, with a full queue
+    while sub.poll(10):
+        sub.recv()
+    time.sleep(5)
+print("survived", flush=True)
+import os; os._exit(0)
+"""
+
+
+def test_a_slow_viewer_with_a_full_queue_is_not_aborted_by_libzmq() -> None:
+    # With its own ZMTP heartbeat, a receiver busy past HEARTBEAT_TIMEOUT with a full queue made
+    # libzmq 4.3 abort the process on reconnecting ("Assertion failed: _input_stopped", libzmq
+    # #3937/#4767): found by tests/viewer/test_fuzz_process.py.  Receivers use TCP keepalive now.
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", SLOW_RECEIVER], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.returncode == 0 and "survived" in r.stdout, r.stderr[-2000:]
+
+
+def test_an_extreme_but_valid_timestamp_does_not_stop_headless_watch(tmp_path: Path) -> None:
+    # t_publish = -1e308 is a finite number the wire allows; its latency in ms overflowed to inf and
+    # frames.jsonl (standard JSON) refused it, which stopped the receiver (found by the process fuzz).
+    from viewer.headless import HeadlessSink
+
+    m = Messages(vehicle_id="v", width=8, height=8)
+    state = FleetState()
+    state.on_message(wire.decode(m.mask(0, t_publish=-1e308, t_capture=-1e308)), time.time(), 0.0)
+    views = state.views(0.0)
+    assert views[0].latency_publish_ms is None and views[0].latency_capture_ms is None
+    sink = HeadlessSink(tmp_path / "out")
+    sink.write(render_fleet(views, 160), views, "mask/v/0", time.time())
+    sink.close()
+    assert json.loads((tmp_path / "out" / "frames.jsonl").read_text())["vehicles"][0]["latency_publish_ms"] is None
