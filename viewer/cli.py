@@ -194,9 +194,13 @@ def _run(command: str, cfg: Any) -> int:
                 return exits.CANTCREAT
         if command == "record":
             from viewer.loop import run
-            from viewer.record import RecordApp
+            from viewer.record import RecordApp, RecordOutputError
 
-            return run(RecordApp(cfg).serve(), cfg.loop)
+            try:
+                return run(RecordApp(cfg).serve(), cfg.loop)
+            except RecordOutputError as e:
+                log.error("event=output_failed error=%s", e)
+                return exits.CANTCREAT
         if command == "replay":
             from viewer.replay import ReplayApp
 

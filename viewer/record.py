@@ -18,6 +18,10 @@ from viewer.subscriber import SubscriberApp
 log = logging.getLogger(__name__)
 
 
+class RecordOutputError(RecordingError):
+    """``--out`` cannot be used at all (a file, not writable): nothing was recorded (exit 73, not 74)."""
+
+
 class RecordApp(SubscriberApp):
     def __init__(self, cfg: ViewerConfig) -> None:
         super().__init__()
@@ -29,8 +33,11 @@ class RecordApp(SubscriberApp):
 
     def startup(self) -> None:
         assert self.rcfg.out is not None
-        self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
-                                      int(self.rcfg.max_total_mb * 2**20))
+        try:
+            self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
+                                          int(self.rcfg.max_total_mb * 2**20))
+        except RecordingError as e:
+            raise RecordOutputError(str(e)) from None
         self.t0 = time.monotonic()
         self.open_subscriber()
         log.info("event=record_started out=%s endpoints=%s", self.rcfg.out, ",".join(self.cfg.connect))

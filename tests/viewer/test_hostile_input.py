@@ -159,6 +159,14 @@ def test_watch_out_on_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert "Traceback" not in r.stderr and "is not a folder" in r.stderr
 
 
+def test_record_out_on_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    r = run_cli("record", "--connect", endpoint(), "--out", f, "--duration", "1")
+    assert r.returncode == exits.CANTCREAT, r.stderr  # was 74, "writing failed part-way"
+    assert "Traceback" not in r.stderr and "event=output_failed" in r.stderr and str(f) in r.stderr
+
+
 def _watch_into(cli, pub, out: Path, seqs: range, count: int) -> None:
     viewer = cli("watch", "--connect", pub.endpoint, "--headless", "--out", out, "--count", count)
     pub.wait_subscriber()
