@@ -4,7 +4,7 @@ The daemon (and a local recorder, which measures what it publishes) run in the v
 namespace; the viewer (``crack-viewer watch --headless``) in the other.  (a) The vehicle's link
 goes down for 20 s; (b) an nftables rule on each side drops every packet from the other, so TCP
 hangs with neither FIN nor RST.  Each time: the daemon's publish rate does not drop, the viewer
-marks the vehicle stale within its timeout, notices the dead connection by ZMTP heartbeats, and
+marks the vehicle stale within its timeout, notices the dead connection by TCP keepalive, and
 resumes by itself once the network returns; neither process restarts.  The link is secured
 with CurveZMQ as it would be between machines, so every reconnection redoes the handshake.
 """
