@@ -32,6 +32,7 @@ MAX_CRACKS = 32
 MAX_FOOTPRINT_POINTS = 16
 
 _NUM = (int, float)
+_LIST = (list, tuple)  # a sender may give a tuple; JSON gives a list
 
 
 class _Unset:
@@ -115,7 +116,7 @@ def _numbers(n_min: int, n_max: int, depth: int = 1) -> Callable[[str, Any], Non
         for item in v:
             if depth == 2:
                 check_point = _numbers(2, 2)
-                if not isinstance(item, list):
+                if not isinstance(item, (list, tuple)):
                     raise WireError("bad_field", f"{name}: {item!r} is not a list")
                 check_point(name, item)
             elif isinstance(item, bool) or not isinstance(item, _NUM) or not math.isfinite(item):
@@ -339,7 +340,7 @@ class Ground(Record):
     crack_max_width_mm: float | None = _f(_NUM, default=UNSET)
     crack_area_m2: float | None = _f(_NUM, default=UNSET)
     surveyed_area_m2: float | None = _f(_NUM, default=UNSET)
-    footprint_m: list[list[float]] | None = _f(list, check=_numbers(0, MAX_FOOTPRINT_POINTS, depth=2), default=UNSET)
+    footprint_m: list[list[float]] | None = _f(_LIST, check=_numbers(0, MAX_FOOTPRINT_POINTS, depth=2), default=UNSET)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
     _where: InitVar[str] = ""
@@ -354,11 +355,11 @@ class Crack(Record):
     length_px: float | None = _f(_NUM, default=UNSET)
     max_width_px: float | None = _f(_NUM, default=UNSET)
     area_px: float | None = _f(_NUM, default=UNSET)
-    bbox_px: list[float] | None = _f(list, check=_numbers(4, 4), default=UNSET)
+    bbox_px: list[float] | None = _f(_LIST, check=_numbers(4, 4), default=UNSET)
     length_m: float | None = _f(_NUM, default=UNSET)
     max_width_mm: float | None = _f(_NUM, default=UNSET)
     area_m2: float | None = _f(_NUM, default=UNSET)
-    centroid_m: list[float] | None = _f(list, check=_numbers(2, 2), default=UNSET)
+    centroid_m: list[float] | None = _f(_LIST, check=_numbers(2, 2), default=UNSET)
     severity: str | None = _f(str, default=UNSET)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
     _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
