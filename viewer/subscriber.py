@@ -83,7 +83,7 @@ NO_DETAIL_REFUSED_AFTER = 3  # failed handshakes in a row, without any answer, t
 REFUSAL_LOG_EVERY_S = 60.0
 
 
-def handshake_failure(event: int, value: int) -> tuple[str, bool]:
+def handshake_failure(event: int, value: int, curve: bool = True) -> tuple[str, bool]:
     """(reason, definitive) of a failed handshake from the monitor's event and value.
 
     ``definitive`` means the server answered "no" (ZAP status, wrong mechanism, bad crypto);
@@ -99,9 +99,12 @@ def handshake_failure(event: int, value: int) -> tuple[str, bool]:
             return "mechanism_mismatch(one side uses CurveZMQ, the other does not: --server-key/--key)", True
         return f"protocol_error({name})", True
     # No detail: the server hung up in the middle of the handshake (errno), which is what a CURVE
-    # server does with a client that used the wrong server key.
+    # server does with a client that used the wrong server key, or (when it reads our greeting
+    # first) with a plaintext client.
     why = os.strerror(value) if 0 < value < 200 else str(value)
-    return f"server_hung_up(errno={value} {why}: is --server-key this endpoint's public key?)", False
+    hint = "is --server-key this endpoint's public key?" if curve else \
+        "the endpoint may require CurveZMQ: --server-key and --key"
+    return f"server_hung_up(errno={value} {why}: {hint})", False
 
 
 @dataclass
@@ -131,8 +134,10 @@ class Subscriber:
                  rcvhwm: int = wire.Defaults.RCVHWM, curve: Any = None) -> None:
         self.endpoints = list(endpoints)
         self.curve = curve
-        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm, curve=curve)
-        self._monitor = self.sock.get_monitor_socket(_MONITORED)
+        monitors: list[zmq.Socket] = []
+        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm, curve=curve,
+                               before_connect=lambda s: monitors.append(s.get_monitor_socket(_MONITORED)))
+        self._monitor = monitors[0]
         self.links = {ep: Link(ep, i) for i, ep in enumerate(self.endpoints)}
         self.links_up = 0
         self.links_down = 0
@@ -204,7 +209,7 @@ class Subscriber:
                 link.up, link.handshakes, link.failures_in_row, link.refused = True, link.handshakes + 1, 0, ""
         elif event in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
                        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
-            reason, definitive = handshake_failure(event, value)
+            reason, definitive = handshake_failure(event, value, self.curve is not None)
             if link is None:
                 log.warning("event=handshake_failed endpoint=%s reason=%s", ep, reason)
                 return
