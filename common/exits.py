@@ -16,6 +16,7 @@ SOFTWARE = 70           # an internal error (a pipeline thread died): worth a re
 NO_DISPLAY = 71         # a window was asked for but no display can be opened
 CANTCREAT = 73          # an output (recording folder, report folder) cannot be written
 IOERR = 74              # writing failed part-way (disk full)
+REFUSED = 77            # the peer refused us (CurveZMQ handshake: key not authorised, wrong server key)
 CONFIG = 78             # bad config, key, card or model: restarting will not help
 INTERRUPTED = 130       # Ctrl-C or SIGTERM during a command that stops at a safe point
 
@@ -30,6 +31,7 @@ TABLE = {
     NO_DISPLAY: "no display for a window",
     CANTCREAT: "an output cannot be created",
     IOERR: "writing an output failed",
+    REFUSED: "refused by the peer (CurveZMQ key not authorised, wrong server key)",
     CONFIG: "bad configuration, key, card or model (restart will not help)",
     INTERRUPTED: "interrupted (Ctrl-C / SIGTERM)",
 }

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common import exits
-from edge import loader, systemd
+from edge import loader, systemd, wire
 from edge.config import EdgeConfig
 from edge.loader import StartupError
 
@@ -207,27 +207,27 @@ class Daemon:
                 return (n_now - n) / (t_now - t) if t_now > t else 0.0
         return 0.0
 
-    def status_header(self, now: float) -> dict[str, Any]:
+    def status_header(self, now: float) -> wire.StatusHeader:
         p, s = self.pipeline, self.supervisor
         if self.size == "native":
             h, w = p.counters.last_size
         else:
             h, w = self.size  # type: ignore[misc]
-        return {
-            "vehicle_id": self.cfg.vehicle_id, "run_id": self.run_id, "seq": 0, "t_publish": time.time(),
-            "fps": round(self.fps(), 3),
-            "drops": {**p.drops, "unreadable": s.unreadable, "downscaled": sum(pre.downscaled for pre in p.pres)},
-            "source": {**s.snapshot(), "mode": "every" if p.every_frame else "latest"},
-            "backend": self.backend.name, "backend_info": self.backend.describe(),
-            "model_sha256": self.model_sha256, "width": int(w), "height": int(h),
-            "state": self.state, "uptime_s": round(now - self.started, 3),
-            "published": p.counters.published, "last_frame_index": p.counters.last_frame_index,
-            "stages_ms": p.times.summary(),
-            "record": {"enabled": self.cfg.record.enabled, "active": p.recorder is not None,
-                       "errors": p.counters.record_errors},
-            **({"position": self.position.status()} if self.position is not None else {}),
+        return wire.StatusHeader(
+            vehicle_id=self.cfg.vehicle_id, run_id=self.run_id, seq=0, t_publish=time.time(),
+            fps=round(self.fps(), 3),
+            drops={**p.drops, "unreadable": s.unreadable, "downscaled": sum(pre.downscaled for pre in p.pres)},
+            source={**s.snapshot(), "mode": "every" if p.every_frame else "latest"},
+            backend=self.backend.name, backend_info=self.backend.describe(),
+            model_sha256=self.model_sha256, width=int(w), height=int(h),
+            state=self.state, uptime_s=round(now - self.started, 3),
+            published=p.counters.published, last_frame_index=p.counters.last_frame_index,
+            stages_ms=p.times.summary(),
+            record={"enabled": self.cfg.record.enabled, "active": p.recorder is not None,
+                    "errors": p.counters.record_errors},
+            position=None if self.position is None else self.position.status(),
             **self.history_fields(),
-        }
+        )
 
     def history_fields(self) -> dict[str, Any]:
         """Where a viewer that missed masks asks for them, and which seqs it may ask for."""
@@ -240,7 +240,7 @@ class Daemon:
         return fields
 
     @staticmethod
-    def status_line(h: dict[str, Any]) -> str:
+    def status_line(h: wire.StatusHeader) -> str:
         src, drops = h["source"], h["drops"]
         line = (f"{h['state']} fps={h['fps']:.1f} source={src['state']} published={h['published']} "
                 f"drops={drops['capture']}/{drops['inference']}/{drops['publish']} reconnects={src['reconnects']}")

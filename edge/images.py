@@ -1,5 +1,5 @@
-"""The one home of image decoding for the wire: sizes are read from the file's own header and
-checked against what the message says *before* any pixel is allocated.
+"""The one home of the wire's images, encoding and decoding: sizes are read from the file's own
+header and checked against what the message says *before* any pixel is allocated.
 
 A PNG's size sits in its IHDR chunk; a JPEG's in its SOF marker segment.  A lying image (a 1 KB
 JPEG that declares 30000x30000) is refused here, cheaply, instead of being decoded.
@@ -21,6 +21,25 @@ class ImageError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """A 0/255 uint8 mask as PNG, fast compression (masks are mostly zero)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ImageError("encode_failed", "PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(frame: np.ndarray, quality: int = 80) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ImageError("encode_failed", "JPEG encoding failed")
+    return buf.tobytes()
 
 
 def png_size(data: bytes) -> tuple[int, int]:

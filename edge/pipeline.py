@@ -152,9 +152,9 @@ class Pipeline:
         self.done = threading.Event()          # max_frames published
         self.subscribed = threading.Event()    # a first subscription seen on the XPUB socket
         self.failure: BaseException | None = None
-        self._status: list[dict[str, Any]] = []
+        self._status: list[wire.StatusHeader] = []
         self._status_lock = threading.Lock()
-        self._last_status: dict[str, Any] | None = None
+        self._last_status: wire.StatusHeader | None = None
         self.beats = {"inference": time.monotonic(), "publish": time.monotonic()}
         self.busy = {"inference": 0, "publish": 0}
         self._take_lock = threading.Lock()     # a frame and its ticket are taken together
@@ -186,7 +186,7 @@ class Pipeline:
         """The capture thread's sink."""
         return self.frames.put(item, lambda: should_stop() or self.stop_event.is_set())
 
-    def send_status(self, header: dict[str, Any]) -> None:
+    def send_status(self, header: wire.StatusHeader) -> None:
         """Queue a status heartbeat; the publish thread sends it within ~50 ms."""
         with self._status_lock:
             self._status = [header]  # an unsent older heartbeat is stale: replace it
@@ -342,7 +342,7 @@ class Pipeline:
             pending, self._status = self._status, []
         for header in pending:
             self._last_status = header
-            header = {**header, "seq": self.seq["status"], "t_publish": time.time()}
+            header = header.replace(seq=self.seq["status"], t_publish=time.time())
             self.seq["status"] += 1
             frames = wire.encode_status(header)
             if self._send(frames):
@@ -363,19 +363,19 @@ class Pipeline:
         png = wire.png_b64(mask)
         jpeg = wire.jpeg_b64(item.seen, ident.jpeg_quality) if ident.frame_jpeg else None
         h, w = mask.shape
-        header = {
-            "vehicle_id": ident.vehicle_id, "run_id": ident.run_id, "seq": self.seq["mask"],
-            "frame_index": item.captured.index, "t_capture": item.captured.t_capture, "t_publish": time.time(),
-            "infer_ms": round(item.infer_ms, 3), "model_sha256": ident.model_sha256, "width": w, "height": h,
-            "crack_ratio": round(m.ratio, 6), "crack_count": m.count, "crack_length_px": m.length_px,
-            "crack_max_width_px": m.max_width_px, "threshold": ident.threshold,
+        header = wire.MaskHeader(
+            vehicle_id=ident.vehicle_id, run_id=ident.run_id, seq=self.seq["mask"],
+            frame_index=item.captured.index, t_capture=item.captured.t_capture, t_publish=time.time(),
+            infer_ms=round(item.infer_ms, 3), model_sha256=ident.model_sha256, width=w, height=h,
+            crack_ratio=round(m.ratio, 6), crack_count=m.count, crack_length_px=m.length_px,
+            crack_max_width_px=m.max_width_px, threshold=ident.threshold,
             # The camera's own size: the mask is at inference resolution (often square), and a
             # viewer needs this to show the picture with the road's true proportions.
-            "frame_width": int(fw), "frame_height": int(fh),
-        }
-        header.update(measured.header_fields())
-        if self.position is not None:
-            header["position"] = self.position.at(item.captured.t_capture)
+            frame_width=int(fw), frame_height=int(fh),
+            position=None if self.position is None else self.position.at(item.captured.t_capture),
+            has_frame=jpeg is not None,
+            **measured.header_fields(),
+        )
         frames = wire.encode_mask(header, png, jpeg)
         t2 = time.perf_counter()
         self.seq["mask"] += 1  # a gap in seq tells a viewer a message was lost after this point

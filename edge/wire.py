@@ -21,53 +21,22 @@ import base64
 import binascii
 import json
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from edge import images
+# The headers' schema and limits live in edge/headers.py; they are part of this module's interface.
+from edge.headers import (MAX_CRACKS, MAX_INT, MAX_SIDE, RUN_ID_RE, SCHEMA, VEHICLE_ID_RE, Crack, Ground,  # noqa: F401
+                          Header, MaskHeader, Position, PositionStatus, StatusHeader, WireError)
 
-SCHEMA = 1
 MASK_PREFIX = "mask/"
 STATUS_PREFIX = "status/"
 
-# Sizes beyond these are absurd for a road camera and are refused before decoding pixels.
-MAX_SIDE = 8192
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
-MAX_INT = 2**53            # integers a JSON reader in any language holds exactly; seq etc. stay below
 MAX_INT_DIGITS = 20        # longer digit strings are refused before int() (Python's own limit raises ValueError)
-VEHICLE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-RUN_ID_RE = re.compile(r"[0-9a-f]{32}")
-# Integer fields that count or index: 0 <= value < MAX_INT.
-COUNT_FIELDS = ("seq", "frame_index", "crack_count")
-# Optional fields with a documented type; absent is fine, present must be right.
-OPTIONAL_MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "threshold": (int, float), "frame_width": int, "frame_height": int,
-    "position": (dict, type(None)), "ground": (dict, type(None)), "cracks": (list, type(None)),
-    "calibrated": bool,
-}
-MAX_CRACKS = 32
-# Optional status fields (the history service, issue #17): absent is fine, present must be right.
-OPTIONAL_STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "history": (str, type(None)), "first_mask_seq": (int, type(None)), "last_mask_seq": (int, type(None)),
-}
-MAX_ENDPOINT_CHARS = 256
-
-MASK_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "schema": int, "kind": str, "vehicle_id": str, "run_id": str, "seq": int,
-    "frame_index": int, "t_capture": (int, float), "t_publish": (int, float),
-    "infer_ms": (int, float), "model_sha256": str, "width": int, "height": int,
-    "crack_ratio": (int, float), "crack_count": int, "crack_length_px": (int, float),
-    "crack_max_width_px": (int, float), "has_frame": bool,
-}
-STATUS_FIELDS: dict[str, type | tuple[type, ...]] = {
-    "schema": int, "kind": str, "vehicle_id": str, "run_id": str, "seq": int,
-    "t_publish": (int, float), "fps": (int, float), "drops": dict, "source": dict,
-    "backend": str, "model_sha256": str, "width": int, "height": int,
-}
 
 
 class Defaults:
@@ -78,6 +47,11 @@ class Defaults:
     HEARTBEAT_IVL_MS = 1000   # ZMTP PING every second ...
     HEARTBEAT_TIMEOUT_MS = 3000  # ... and a peer silent for 3 s is dropped (half-open links)
     HEARTBEAT_TTL_MS = 6000
+    # Receivers (SUB/XSUB) find half-open links by TCP keepalive instead, ~4 s: libzmq 4.3 aborts
+    # a receiver whose own heartbeat times out while its queue is full (libzmq #3937, #4767).
+    TCP_KEEPALIVE_IDLE_S = 2
+    TCP_KEEPALIVE_INTVL_S = 1
+    TCP_KEEPALIVE_CNT = 2
     RECONNECT_IVL_MS = 200
     RECONNECT_IVL_MAX_MS = 2000
     STATUS_PERIOD_S = 1.0     # the daemon's heartbeat on status/<vehicle_id>
@@ -85,20 +59,12 @@ class Defaults:
     ENDPOINT = "tcp://127.0.0.1:5555"
 
 
-class WireError(ValueError):
-    """A message that does not follow this protocol; ``reason`` is a short stable tag."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-
-
 @dataclass
 class Message:
     """A decoded message. ``mask`` is None for status messages; ``frame_jpeg`` may be None."""
     kind: str
     vehicle_id: str
-    header: dict[str, Any]
+    header: MaskHeader | StatusHeader
     mask: np.ndarray | None = None
     frame_jpeg: bytes | None = field(default=None, repr=False)
     frame_error: str = ""   # why a frame 4 that was sent was dropped (not a JPEG, wrong size)
@@ -116,61 +82,63 @@ class Message:
 # ---------------------------------------------------------------- encoding
 
 def png_b64(mask: np.ndarray) -> bytes:
-    """A 0/255 uint8 mask as base64 PNG (fast compression: masks are mostly zero)."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise WireError("encode_failed", "PNG encoding failed")
-    return base64.b64encode(buf)
+    """A 0/255 uint8 mask as base64 PNG (frame 3)."""
+    try:
+        return base64.b64encode(images.encode_mask_png(mask))
+    except images.ImageError as e:
+        raise WireError("encode_failed", str(e)) from None
 
 
 def jpeg_b64(frame: np.ndarray, quality: int = 80) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise WireError("encode_failed", "JPEG encoding failed")
-    return base64.b64encode(buf)
-
-
-def _json(header: dict[str, Any]) -> bytes:
-    return json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    """A BGR frame as base64 JPEG (frame 4)."""
+    try:
+        return base64.b64encode(images.encode_jpeg(frame, quality))
+    except images.ImageError as e:
+        raise WireError("encode_failed", str(e)) from None
 
 
-def encode_mask(header: dict[str, Any], mask_png_b64: bytes, frame_jpeg_b64: bytes | None = None) -> list[bytes]:
-    """Build the frames of a mask message; ``header`` must carry every field of MASK_FIELDS."""
-    header = {**header, "schema": SCHEMA, "kind": "mask", "has_frame": frame_jpeg_b64 is not None}
-    _check_fields(header, MASK_FIELDS)
-    _check_values(header, "mask")
-    frames = [f"{MASK_PREFIX}{header['vehicle_id']}".encode(), _json(header), mask_png_b64]
+def _json(header: MaskHeader | StatusHeader) -> bytes:
+    try:
+        return json.dumps(header.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:  # an undeclared extra field that JSON cannot hold
+        raise WireError("bad_field", str(e)[:80]) from None
+
+
+def mask_header(header: MaskHeader | Mapping[str, Any], has_frame: bool | None = None) -> MaskHeader:
+    """``header`` as a checked MaskHeader; a mapping (tests, tools) is checked as a received one is."""
+    if not isinstance(header, MaskHeader):
+        data = {**header, "schema": SCHEMA, "kind": "mask"}
+        if has_frame is not None:
+            data["has_frame"] = has_frame
+        data.setdefault("has_frame", False)
+        return MaskHeader.from_dict(data)
+    if has_frame is not None and header.has_frame != has_frame:
+        header = header.replace(has_frame=has_frame)
+    return header
+
+
+def status_header(header: StatusHeader | Mapping[str, Any]) -> StatusHeader:
+    if not isinstance(header, StatusHeader):
+        header = StatusHeader.from_dict({**header, "schema": SCHEMA, "kind": "status"})
+    return header
+
+
+def encode_mask(header: MaskHeader | Mapping[str, Any], mask_png_b64: bytes,
+                frame_jpeg_b64: bytes | None = None) -> list[bytes]:
+    """The frames of a mask message; ``has_frame`` follows ``frame_jpeg_b64``."""
+    h = mask_header(header, frame_jpeg_b64 is not None)
+    frames = [f"{MASK_PREFIX}{h.vehicle_id}".encode(), _json(h), mask_png_b64]
     if frame_jpeg_b64 is not None:
         frames.append(frame_jpeg_b64)
     return frames
 
 
-def encode_status(header: dict[str, Any]) -> list[bytes]:
-    header = {**header, "schema": SCHEMA, "kind": "status"}
-    _check_fields(header, STATUS_FIELDS)
-    _check_values(header, "status")
-    return [f"{STATUS_PREFIX}{header['vehicle_id']}".encode(), _json(header)]
+def encode_status(header: StatusHeader | Mapping[str, Any]) -> list[bytes]:
+    h = status_header(header)
+    return [f"{STATUS_PREFIX}{h.vehicle_id}".encode(), _json(h)]
 
 
 # ---------------------------------------------------------------- decoding
-
-def _check_fields(header: dict[str, Any], spec: dict[str, type | tuple[type, ...]], optional: bool = False) -> None:
-    for name, typ in spec.items():
-        if name not in header:
-            if optional:
-                continue
-            raise WireError("missing_field", name)
-        value = header[name]
-        # bool is an int in Python; a field typed int must not accept True.
-        if isinstance(value, bool) and typ is not bool:
-            raise WireError("bad_field", f"{name}={value!r}")
-        if not isinstance(value, typ):
-            raise WireError("bad_field", f"{name}={value!r}")
-
 
 def _refuse_constant(name: str) -> float:
     raise WireError("bad_number", f"{name} is not standard JSON")
@@ -197,36 +165,6 @@ def parse_json(raw: bytes) -> Any:
         raise WireError("bad_json", str(e)[:80]) from None
 
 
-def _check_values(header: dict[str, Any], kind: str) -> None:
-    """The documented constraints beyond types: character sets, ranges, sizes."""
-    vid, run = header["vehicle_id"], header["run_id"]
-    if not VEHICLE_ID_RE.fullmatch(vid):
-        raise WireError("bad_field", f"vehicle_id {vid[:64]!r}: letters, digits, . _ - (1-64)")
-    if not RUN_ID_RE.fullmatch(run):
-        raise WireError("bad_field", f"run_id {run[:64]!r}: 32 hex digits")
-    for name in COUNT_FIELDS:
-        value = header.get(name)
-        if value is not None and not 0 <= value < MAX_INT:
-            raise WireError("bad_field", f"{name}={value} out of 0..2**53")
-    if kind == "status":
-        _check_fields(header, OPTIONAL_STATUS_FIELDS, optional=True)
-        for name in ("first_mask_seq", "last_mask_seq"):
-            value = header.get(name)
-            if value is not None and not 0 <= value < MAX_INT:
-                raise WireError("bad_field", f"{name}={value} out of 0..2**53")
-        if len(header.get("history") or "") > MAX_ENDPOINT_CHARS:
-            raise WireError("bad_field", f"history endpoint longer than {MAX_ENDPOINT_CHARS} characters")
-        return
-    _check_fields(header, OPTIONAL_MASK_FIELDS, optional=True)
-    for name in ("frame_width", "frame_height"):
-        value = header.get(name)
-        if value is not None and not 0 < value <= MAX_SIDE:
-            raise WireError("absurd_size", f"{name}={value} out of 1..{MAX_SIDE}")
-    cracks = header.get("cracks")
-    if cracks is not None and len(cracks) > MAX_CRACKS:
-        raise WireError("bad_field", f"cracks has {len(cracks)} entries, at most {MAX_CRACKS}")
-
-
 def _b64(data: bytes, what: str) -> bytes:
     if len(data) > MAX_FRAME_BYTES:
         raise WireError("too_large", f"{what} frame of {len(data)} bytes")
@@ -236,7 +174,7 @@ def _b64(data: bytes, what: str) -> bytes:
         raise WireError("bad_base64", f"{what}: {e}") from None
 
 
-def decode_header(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
+def decode_header(frames: list[bytes]) -> tuple[str, str, MaskHeader | StatusHeader]:
     """Check topic and header only (cheap): returns (kind, vehicle_id, header)."""
     if len(frames) < 2:
         raise WireError("frame_count", f"{len(frames)} frames")
@@ -253,25 +191,21 @@ def decode_header(frames: list[bytes]) -> tuple[str, str, dict[str, Any]]:
     raw = bytes(frames[1])
     if len(raw) > MAX_HEADER_BYTES:
         raise WireError("too_large", f"header of {len(raw)} bytes")
-    header = parse_json(raw)
-    if not isinstance(header, dict):
+    data = parse_json(raw)
+    if not isinstance(data, dict):
         raise WireError("bad_json", "header is not an object")
-    schema = header.get("schema")
+    schema = data.get("schema")
     if schema != SCHEMA:
         raise WireError("unknown_schema", repr(schema)[:32])
-    if header.get("kind") != kind:
-        raise WireError("bad_field", f"kind={header.get('kind')!r} on topic {topic[:64]}")
-    _check_fields(header, MASK_FIELDS if kind == "mask" else STATUS_FIELDS)
-    if header["vehicle_id"] != vehicle:
-        raise WireError("bad_field", f"vehicle_id {header['vehicle_id'][:64]!r} != topic {vehicle[:64]!r}")
-    _check_values(header, kind)
-    if kind == "mask":
-        w, h = header["width"], header["height"]
-        if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-            raise WireError("absurd_size", f"{w}x{h}")
-        expected = 4 if header["has_frame"] else 3
+    if data.get("kind") != kind:
+        raise WireError("bad_field", f"kind={data.get('kind')!r:.32} on topic {topic[:64]}")
+    header: MaskHeader | StatusHeader = (MaskHeader if kind == "mask" else StatusHeader).from_dict(data)
+    if header.vehicle_id != vehicle:
+        raise WireError("bad_field", f"vehicle_id {header.vehicle_id[:64]!r} != topic {vehicle[:64]!r}")
+    if isinstance(header, MaskHeader):
+        expected = 4 if header.has_frame else 3
         if len(frames) != expected:
-            raise WireError("frame_count", f"{len(frames)} frames, has_frame={header['has_frame']}")
+            raise WireError("frame_count", f"{len(frames)} frames, has_frame={header.has_frame}")
     elif len(frames) != 2:
         raise WireError("frame_count", f"{len(frames)} frames for status")
     return kind, vehicle, header

@@ -2,8 +2,9 @@
 
 Only argparse is imported before the flags are parsed, so ``--help`` answers at once.
 Exit statuses: 0 done, 1 unexpected failure, 2 usage, 65 a file that is not a recording,
-66 a recording that does not exist, 69 an endpoint that cannot be bound, 74 a recording that
-cannot be written (disk full...), 71 no display for the window, 78 bad configuration
+66 a recording that does not exist, 69 an endpoint that cannot be bound, 71 no display for the
+window, 73 an output folder that cannot be created, 74 a recording that cannot be written (disk
+full...), 77 refused by every endpoint's CurveZMQ handshake, 78 bad configuration
 (common/exits.py holds them all).
 """
 from __future__ import annotations
@@ -197,9 +198,13 @@ def _run(command: str, cfg: Any) -> int:
                 return exits.CANTCREAT
         if command == "record":
             from viewer.loop import run
-            from viewer.record import RecordApp
+            from viewer.record import RecordApp, RecordOutputError
 
-            return run(RecordApp(cfg).serve(), cfg.loop)
+            try:
+                return run(RecordApp(cfg).serve(), cfg.loop)
+            except RecordOutputError as e:
+                log.error("event=output_failed error=%s", e)
+                return exits.CANTCREAT
         if command == "replay":
             from viewer.replay import ReplayApp
 

@@ -21,6 +21,10 @@ from viewer.subscriber import SubscriberApp
 log = logging.getLogger(__name__)
 
 
+class RecordOutputError(RecordingError):
+    """``--out`` cannot be used at all (a file, not writable): nothing was recorded (exit 73, not 74)."""
+
+
 class RecordApp(SubscriberApp):
     def __init__(self, cfg: ViewerConfig) -> None:
         super().__init__()
@@ -32,8 +36,11 @@ class RecordApp(SubscriberApp):
 
     def startup(self) -> None:
         assert self.rcfg.out is not None
-        self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
-                                      int(self.rcfg.max_total_mb * 2**20))
+        try:
+            self.writer = RecordingWriter(self.rcfg.out, self.rcfg.prefix, int(self.rcfg.max_file_mb * 2**20),
+                                          int(self.rcfg.max_total_mb * 2**20))
+        except RecordingError as e:
+            raise RecordOutputError(str(e)) from None
         self.backfill = Backfiller(Backfiller.into(self.writer), self.cfg.connect, self.cfg.client_curve(), self.cfg.stale_after_s,
                                    enabled=self.rcfg.backfill)
         self.backfill.load_existing(self.rcfg.out)
@@ -64,6 +71,7 @@ class RecordApp(SubscriberApp):
                     log.error("event=receiver_stopped error=%r", exc)
                     self.exit_code = exits.FAILURE
                 self.should_exit = True
+            self.check_refused()
 
     async def shutdown(self) -> None:
         await self.close_subscriber()

@@ -6,7 +6,7 @@ half-open links after a network partition) cannot be forgotten in one command.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import zmq
 
@@ -30,12 +30,25 @@ def apply_defaults(sock: zmq.Socket) -> zmq.Socket:
 
 
 def subscriber(ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
-               rcvhwm: int = Defaults.RCVHWM, kind: int = zmq.SUB, curve: Any = None) -> zmq.Socket:
+               rcvhwm: int = Defaults.RCVHWM, kind: int = zmq.SUB, curve: Any = None,
+               before_connect: Callable[[zmq.Socket], Any] | None = None) -> zmq.Socket:
     """A SUB (or XSUB) connected to every endpoint; it reconnects by itself when a peer returns.
 
     ``curve`` (edge.security.ClientCurve) makes each connection a CurveZMQ client.
+    ``before_connect(sock)`` runs before the first connect (a socket monitor attached later would
+    miss a handshake refused at once).
     """
     sock = apply_defaults(ctx.socket(kind))
+    # No ZMTP heartbeat of its own on a receiving socket: when a slow viewer's queue is full its
+    # engine stops reading, its heartbeat times out, and libzmq 4.3 then aborts the whole process
+    # on reconnecting (assertion _input_stopped, libzmq #3937 / #4767; a flood of messages was
+    # enough).  The publisher's heartbeats still drop a dead viewer on its side; this side finds a
+    # half-open link by TCP keepalive, which the kernel answers whether or not we read.
+    sock.setsockopt(zmq.HEARTBEAT_IVL, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, Defaults.TCP_KEEPALIVE_IDLE_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, Defaults.TCP_KEEPALIVE_INTVL_S)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, Defaults.TCP_KEEPALIVE_CNT)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     # ZeroMQ checks this per frame, before receiving it: a peer sending a frame larger than the wire
     # allows is disconnected (and reconnected), so no receiver ever holds a 270 MiB message.
@@ -43,6 +56,8 @@ def subscriber(ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str]
     if kind == zmq.SUB:
         for t in topics:
             sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+    if before_connect is not None:
+        before_connect(sock)
     for i, ep in enumerate(endpoints):
         if curve is not None:
             curve.apply(sock, i)

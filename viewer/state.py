@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -73,10 +73,10 @@ class VehicleState:
     restarts: int = 0
     stale: bool = False
     stale_events: int = 0
-    mask_header: dict[str, Any] | None = None
+    mask_header: wire.MaskHeader | None = None
     mask: np.ndarray | None = None
     frame_jpeg: bytes | None = None
-    status: dict[str, Any] | None = None
+    status: wire.StatusHeader | None = None
     latency_publish_s: float | None = None
     latency_capture_s: float | None = None
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=256))
@@ -102,7 +102,7 @@ class FleetState:
         self.forgotten = 0
 
     def on_message(self, msg: wire.Message, t_wall: float, now: float) -> VehicleState:
-        h = msg.header
+        h = msg.header  # checked by the decoder (edge/headers.py): types and ranges hold
         v = self.vehicles.get(msg.vehicle_id)
         if v is None:
             if len(self.vehicles) >= self.max_vehicles:
@@ -180,35 +180,27 @@ class FleetState:
         out = []
         for vid in sorted(self.vehicles):
             v = self.vehicles[vid]
-            mh = v.mask_header or {}
-            status = v.status or {}
-            src = status.get("source") or {}
+            mh, status = v.mask_header, v.status
+            src = status.source if status is not None else {}
             out.append(VehicleView(
                 vehicle_id=vid, run_id=v.run_id, seq=v.seq.get("mask", -1), masks=v.masks,
                 fps=v.fps(now),
-                latency_publish_ms=None if v.latency_publish_s is None else v.latency_publish_s * 1000,
-                latency_capture_ms=None if v.latency_capture_s is None else v.latency_capture_s * 1000,
-                infer_ms=mh.get("infer_ms"), drops=v.drops, restarts=v.restarts, stale=v.stale,
+                latency_publish_ms=_ms(v.latency_publish_s), latency_capture_ms=_ms(v.latency_capture_s),
+                infer_ms=mh.infer_ms if mh is not None else None, drops=v.drops, restarts=v.restarts, stale=v.stale,
                 silent_s=max(0.0, now - v.last_seen),
-                crack_ratio=mh.get("crack_ratio"), crack_length_px=mh.get("crack_length_px"),
-                crack_max_width_px=mh.get("crack_max_width_px"), crack_count=mh.get("crack_count"),
-                mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.get("backend"),
-                source_state=str(src.get("state")) if isinstance(src, dict) and "state" in src else None,
-                frame_size=_frame_size(mh), recovered=v.recovered,
-                position=mh.get("position") if isinstance(mh.get("position"), dict) else None,
-                ground=mh.get("ground") if isinstance(mh.get("ground"), dict) else None,
+                crack_ratio=mh.crack_ratio if mh is not None else None, crack_length_px=mh.crack_length_px if mh is not None else None,
+                crack_max_width_px=mh.crack_max_width_px if mh is not None else None,
+                crack_count=mh.crack_count if mh is not None else None,
+                mask=v.mask, frame_jpeg=v.frame_jpeg, backend=status.backend if status is not None else None,
+                source_state=str(src["state"]) if "state" in src else None,
+                # frame_width/height were range-checked (1..wire.MAX_SIDE) by the decoder.
+                frame_size=(mh.frame_width, mh.frame_height) if mh is not None and mh.frame_width and mh.frame_height else None,
+                recovered=v.recovered,
+                position=mh.position if mh is not None else None,
+                ground=mh.ground if mh is not None else None,
                 **_track_motion(v.fixes),
             ))
         return out
-
-
-def _frame_size(header: dict[str, Any]) -> tuple[int, int] | None:
-    """The optional (frame_width, frame_height) of a mask header, if both are sane (wire.MAX_SIDE)."""
-    fw, fh = header.get("frame_width"), header.get("frame_height")
-    if isinstance(fw, int) and isinstance(fh, int) and not isinstance(fw, bool) and not isinstance(fh, bool) \
-            and 0 < fw <= wire.MAX_SIDE and 0 < fh <= wire.MAX_SIDE:
-        return fw, fh
-    return None
 
 
 MAX_FIX_GAP_S = 10.0   # fixes further apart say nothing about the speed now
@@ -217,7 +209,7 @@ MAX_FIX_GAP_S = 10.0   # fixes further apart say nothing about the speed now
 def _fix(header: dict[str, Any]) -> tuple[float, float, float] | None:
     """(t_capture, lat, lon) of a mask header's position when it has a sane fix."""
     p = header.get("position")
-    if not isinstance(p, dict) or p.get("fix") is not True:
+    if not isinstance(p, Mapping) or p.get("fix") is not True:
         return None
     vals = (header.get("t_capture"), p.get("lat"), p.get("lon"))
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vals):
@@ -238,3 +230,12 @@ def _track_motion(fixes: deque[tuple[float, float, float]]) -> dict[str, float |
     heading = math.degrees(math.atan2(math.sin(dl) * math.cos(p1),
                                       math.cos(p0) * math.sin(p1) - math.sin(p0) * math.cos(p1) * math.cos(dl))) % 360
     return {"track_speed_mps": dist / (t1 - t0), "track_heading_deg": heading if dist > 0.05 else None}
+
+
+def _ms(seconds: float | None) -> float | None:
+    """Seconds as ms; None when unknown or not finite (a t_publish of -1e308 is a valid number whose
+    latency overflows, and frames.jsonl is standard JSON)."""
+    if seconds is None:
+        return None
+    ms = seconds * 1000.0
+    return ms if math.isfinite(ms) else None

@@ -81,6 +81,7 @@ class WatchApp(SubscriberApp):
                 log.error("event=receiver_stopped error=%r", exc)
                 self.exit_code = 1
                 self.should_exit = True
+            self.check_refused()
             if now >= next_stats:
                 next_stats = now + STATS_EVERY_S
                 self._log_stats()
@@ -167,9 +168,10 @@ class WatchApp(SubscriberApp):
 
     def _log_stats(self, final: bool = False) -> None:
         bad = " ".join(f"bad_{k}={n}" for k, n in sorted(self.decoder.rejected.items()))
-        log.info("event=%s received=%d accepted=%d rejected=%d rendered=%d links_up=%d links_down=%d %s",
-                 "watch_summary" if final else "stats", self.sub.received, self.decoder.accepted,
-                 self.decoder.rejected_total, self.rendered, self.sub.links_up, self.sub.links_down, bad)
+        log.info("event=%s received=%d accepted=%d rejected=%d rendered=%d links_up=%d links_down=%d "
+                 "reconnects=%d refusals=%d %s", "watch_summary" if final else "stats", self.sub.received,
+                 self.decoder.accepted, self.decoder.rejected_total, self.rendered, self.sub.links_up,
+                 self.sub.links_down, self.sub.reconnects, self.sub.refusals, bad)
         for v in self.state.vehicles.values():
             log.info("event=vehicle_stats vehicle=%s run_id=%s masks=%d statuses=%d drops=%d recovered=%d restarts=%d "
                      "stale=%s stale_events=%d", v.vehicle_id, v.run_id, v.masks, v.statuses, v.drops, v.recovered,

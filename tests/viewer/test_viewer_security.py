@@ -13,6 +13,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from common import exits
 from edge import security
 from edge.recording import read_records
 from viewer_testkit import Messages, endpoint, run_cli
@@ -76,23 +77,41 @@ def viewer_key(keys: Path, name: str) -> str:
     return str(keys / "v1" / "viewers" / f"{name}.key_secret")
 
 
-def test_record_with_keys_receives_and_without_gets_nothing(cli, keys: Path, pubs, tmp_path: Path) -> None:
+def test_record_with_keys_receives_and_refused_viewers_exit_77(cli, keys: Path, pubs, tmp_path: Path) -> None:
     pub = SecurePub(keys / "v1", keys / "a1")
     pubs.append(pub)
     m = Messages(vehicle_id="van-1")
     good = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "good", "--count", 5,
                "--server-key", keys / "v1" / "daemon.key", "--key", viewer_key(keys, "alice"))
-    plain = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "plain", "--duration", 3)
-    stranger = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "stranger", "--duration", 3,
+    plain = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "plain", "--duration", 20)
+    stranger = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "stranger", "--duration", 20,
                    "--server-key", keys / "v1" / "daemon.key", "--key", viewer_key(keys, "mallory"))
+    wrong_server = cli("watch", "--headless", "--out", tmp_path / "w", "--connect", pub.endpoint, "--duration", 20,
+                       "--server-key", keys / "v2" / "daemon.key", "--key", viewer_key(keys, "alice"))
     pub.wait_subscriber()
     pub.send_for(m.mask, 3.2)
     assert good.wait(20) == 0, good.err
     assert len(list(read_records(tmp_path / "good"))) == 5
-    for p in (plain, stranger):
-        assert p.wait(20) == 0, p.err
-        assert "messages=0" in p.err, p.err
-    assert "event=handshake_failed" in stranger.err  # the viewer's own log says why it sees nothing
+    # Each refused viewer says why, as a WARNING, and exits 77 well before its --duration (was: an
+    # INFO line without the reason and exit 0 after 20 s).
+    # (A plaintext viewer is caught by whichever side reads the other's greeting first.)
+    for p, whys in ((plain, ["reason=mechanism_mismatch", "reason=server_hung_up(errno=32 Broken pipe: the endpoint may"]),
+                    (stranger, ["reason=auth_refused(zap=400"]), (wrong_server, ["reason=server_hung_up(errno="])):
+        assert p.wait(15) == exits.REFUSED, p.err
+        line = f"WARNING viewer.subscriber event=handshake_failed endpoint={pub.endpoint} "
+        assert any(line + why in p.err for why in whys), p.err
+        assert "event=refused" in p.err and "Traceback" not in p.err
+    assert "messages=0" in plain.err and "messages=0" in stranger.err
+
+
+def test_a_refused_viewer_that_runs_to_its_duration_exits_77(cli, keys: Path, pubs, tmp_path: Path) -> None:
+    # Two endpoints, one refusing, one not there: not "all refused", so it runs its 3 s, then says so.
+    pub = SecurePub(keys / "v1", keys / "a1")
+    pubs.append(pub)
+    r = cli("record", "--connect", pub.endpoint, "--connect", endpoint(), "--out", tmp_path / "r", "--duration", 3,
+            "--server-key", keys / "v1" / "daemon.key", "--key", viewer_key(keys, "mallory"))
+    assert r.wait(20) == exits.REFUSED, r.err
+    assert "event=refused received=0" in r.err
 
 
 def test_watch_headless_with_keys(cli, keys: Path, pubs, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edge.recording import read_in_seq_order
 from edge.wire import WireError, decode_header
@@ -20,13 +20,13 @@ class Frame:
     vehicle: str
     run: str
     seq: int
-    header: dict[str, Any]
+    header: Mapping[str, Any]   # an edge.headers.MaskHeader
     frames: list[bytes] = field(repr=False, default_factory=list)
 
     @property
-    def position(self) -> dict[str, Any] | None:
+    def position(self) -> Mapping[str, Any] | None:
         p = self.header.get("position")
-        if isinstance(p, dict) and p.get("fix") and p.get("lat") is not None and p.get("lon") is not None:
+        if isinstance(p, Mapping) and p.get("fix") and p.get("lat") is not None and p.get("lon") is not None:
             return p
         return None
 
