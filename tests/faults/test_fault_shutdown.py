@@ -1,4 +1,5 @@
-"""Shutdown never hangs: SIGTERM ends the daemon within 10 s, 20 times in a row.
+"""Shutdown never hangs: SIGTERM ends the daemon within 10 s, 20 times in a row (6 in CI, to keep it
+under 15 minutes; ``CRACK_FAULT_FULL=1`` runs the documented 20).
 
 Each time the daemon's reader is blocked in a read that will not return (a camera that sent
 part of a stream and froze, with a 60 s read timeout), and a viewer is gone without leaving:
@@ -8,6 +9,7 @@ reader and a bounded drain must still end the process within 10 s.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -18,7 +20,7 @@ from faultkit import StallingCamera, daemon_args, mpegts_bytes, tcp_send_queue
 
 pytestmark = pytest.mark.timeout(240)
 
-ROUNDS = 20
+ROUNDS = 20 if os.environ.get("CRACK_FAULT_FULL") == "1" else 6
 LIMIT_S = 10.0
 
 
