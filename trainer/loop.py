@@ -138,28 +138,61 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
 
 
 class Validator:
-    """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid."""
+    """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid.
 
-    def __init__(self, pairs: Sequence[Pair], size: int, device: str, temperature: float = 1.0,
-                 arch: str = DEFAULT_VARIANT) -> None:
-        self.items = [(p.name, *read_pair(p)) for p in pairs]
+    ``pairs`` is one list, or several by set name (each training set's own val split).  With several,
+    the figure that picks the checkpoint and the threshold is the *mean over sets* of each set's
+    F1(2px) at one common threshold, so a 7-image set weighs as much as a 32-image one and no set's
+    pixel count drowns the others; each set's own figures at that threshold come beside it
+    (``val_f1_tol@SET``, ``val_iou@SET``).  With one set this is that set's F1(2px), as before.
+    """
+
+    def __init__(self, pairs: Sequence[Pair] | dict[str, Sequence[Pair]], size: int, device: str,
+                 temperature: float = 1.0, arch: str = DEFAULT_VARIANT) -> None:
+        sets = pairs if isinstance(pairs, dict) else {"val": pairs}
+        self.sets = {name: [(p.name, *read_pair(p)) for p in ps] for name, ps in sets.items() if ps}
+        if not self.sets:
+            raise ConfigError("validation: no images")
         # The daemon's pre-processing with the variant's normalisation: what the picked threshold runs on.
         self.pre = Preprocessor(variant_defaults(arch), (size, size) if size else "native")
         self.device = device
         self.temperature = temperature
 
+    @property
+    def items(self) -> list:
+        return [it for items in self.sets.values() for it in items]
+
     def __call__(self, net: nn.Module) -> dict[str, float]:
         was_training = net.training
         net.eval()
         predict = TorchPredictor(net, self.device, self.temperature)
-        ms = MetricSet()
-        for name, img, gt in self.items:
-            ms.update(predict_frame(predict, img, self.pre.card, self.pre.size, self.pre), gt, name)
+        per_set: dict[str, MetricSet] = {}
+        for set_name, items in self.sets.items():
+            ms = per_set[set_name] = MetricSet()
+            for name, img, gt in items:
+                ms.update(predict_frame(predict, img, self.pre.card, self.pre.size, self.pre), gt, name)
         net.train(was_training)
-        t = ms.best_threshold()
-        s = ms.summary(t)
-        return {"val_f1_tol": s["tol2"]["f1"], "val_f1": s["strict"]["f1"], "val_iou": s["strict"]["iou"],
-                "val_threshold": t}
+        return combine_sets(per_set)
+
+
+def combine_sets(per_set: dict[str, MetricSet]) -> dict[str, float]:
+    """The validation figures of several sets: mean F1(2px) over sets at the best common threshold."""
+    sets = list(per_set.values())
+    grid = sets[0].thresholds
+
+    def mean(t: float, kind: str, key: str) -> float:
+        return float(np.mean([m.counts[t].tol()[key] if kind == "tol" else m.counts[t].strict()[key] for m in sets]))
+
+    t = max(grid, key=lambda t: (mean(t, "tol", "f1"), -abs(t - 0.5)))
+    out = {"val_f1_tol": mean(t, "tol", "f1"), "val_f1": mean(t, "strict", "f1"), "val_iou": mean(t, "strict", "iou"),
+           "val_threshold": t}
+    if len(per_set) > 1:
+        for name, m in per_set.items():
+            out[f"val_f1_tol@{name}"] = m.counts[t].tol()["f1"]
+            out[f"val_iou@{name}"] = m.counts[t].strict()["iou"]
+        log.info("event=val threshold=%.2f mean_f1_tol=%.4f %s", t, out["val_f1_tol"],
+                 " ".join(f"f1_tol@{n}={out[f'val_f1_tol@{n}']:.4f}({len(m)})" for n, m in per_set.items()))
+    return out
 
 
 @dataclass
