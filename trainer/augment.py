@@ -227,10 +227,10 @@ def distractors(rng: np.random.Generator, img: np.ndarray, target: np.ndarray, p
     return img
 
 
-def synthetic_road(rng: np.random.Generator, h: int, w: int, n_distractors: int = 2) -> np.ndarray:
-    """A crack-free asphalt-like texture (grey, aggregate grain, fine speckle) with distractors drawn in.
-
-    For the false-positive figure: every pixel flagged on it is a false alarm.
+def synthetic_road(rng: np.random.Generator, h: int, w: int, n_distractors: int = 2,
+                   kinds: tuple[str, ...] = DISTRACTORS) -> np.ndarray:
+    """A crack-free asphalt-like texture (grey, aggregate grain, fine speckle) with ``n_distractors``
+    drawn from ``kinds``.  For the false-positive figure: every pixel flagged on it is a false alarm.
     """
     base = rng.uniform(80, 160)
     grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.6, 1.5))
@@ -242,5 +242,5 @@ def synthetic_road(rng: np.random.Generator, h: int, w: int, n_distractors: int 
     tint = np.array([1.0, rng.uniform(0.97, 1.03), rng.uniform(0.95, 1.05)], np.float32)
     img = np.clip(grey[..., None] * tint, 0, 255).astype(np.uint8)
     for _ in range(n_distractors):
-        img = draw_distractor(DISTRACTORS[int(rng.integers(len(DISTRACTORS)))], rng, img)
+        img = draw_distractor(kinds[int(rng.integers(len(kinds)))], rng, img)
     return img

@@ -107,11 +107,19 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     r = run_eval(ns.model, ns.data, ns.split, out, mode=ns.mode, threshold=ns.threshold,
                  pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction, val_seed=ns.val_seed,
                  max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
-                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size)
+                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size,
+                 crack_free=ns.crack_free)
     m = r["metrics"]
     print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} ({r['threshold_source']}): "
           f"F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} R {m['strict']['recall']:.4f} "
           f"F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  {r['ms_per_image']:.0f} ms/image")
+    fp = r["false_positives"]
+    line = f"false alarms: {fp['far_from_crack']['rate']:.2e} of pixels >{fp['far_from_crack']['margin_px']} px from any crack"
+    if "synthetic_crack_free" in fp:
+        s = fp["synthetic_crack_free"]
+        line += (f"; crack-free synthetic road: {s['pixel_rate']:.2e} of pixels, {s['frame_rate']:.1%} of "
+                 f"{s['frames']} frames reported")
+    print(line)
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -222,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--worst", type=int, default=4, help="overlay images written for the N worst images")
     p.add_argument("--figure-rows", type=int, default=4, help="rows of photo | ground truth | prediction in figure.png")
+    p.add_argument("--crack-free", type=int, default=0, metavar="N",
+                   help="also judge N synthetic crack-free road frames with distractors (false alarms; 0 = skip)")
     p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads of the runtime")
     p.set_defaults(func=cmd_eval)

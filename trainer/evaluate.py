@@ -26,7 +26,8 @@ import numpy as np
 from models.preprocess import InputSpec, Preprocessor, padded_size, predict_frame
 from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
 from trainer.errors import ConfigError, MissingInput
-from trainer.inference import OnnxPredictor, TorchPredictor, frame_size
+from trainer.inference import OnnxPredictor, TorchPredictor
+from trainer.inference import frame_size as frame_size_for
 from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
 from trainer.progress import Progress
 
@@ -78,7 +79,7 @@ def score(predict, pairs: Sequence[Pair], spec: InputSpec, mode: str, size: tupl
           thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[MetricSet, dict[str, np.ndarray], float]:
     """Accumulate metrics over ``pairs``; returns (metrics, probability maps by name, ms per image)."""
     ms = MetricSet(thresholds=thresholds)
-    pre = Preprocessor(spec, frame_size(mode, size))
+    pre = Preprocessor(spec, frame_size_for(mode, size))
     probs: dict[str, np.ndarray] = {}
     elapsed = 0.0
     bar = Progress(len(pairs), "eval", unit="images")  # Crack500's 400 crops take a minute on a CPU
@@ -92,6 +93,59 @@ def score(predict, pairs: Sequence[Pair], spec: InputSpec, mode: str, size: tupl
         bar.update(i)
     bar.close()
     return ms, probs, 1000 * elapsed / max(len(pairs), 1)
+
+
+FAR_MARGIN_PX = 10  # "far from any crack": beyond a wide crack's edge plus the label's slop
+SYNTHETIC_SIZE = (320, 480)  # CrackForest's frame size: the released model runs well there
+MIN_COMPONENT_PX = 5  # the daemon's model.min_component_px default: smaller regions are not reported
+
+
+def far_from_crack(pairs: Sequence[Pair], probs: dict[str, np.ndarray], threshold: float,
+                   margin: int = FAR_MARGIN_PX) -> dict[str, Any]:
+    """False alarms on real road: flagged pixels farther than ``margin`` px from any labelled crack."""
+    from trainer.data import read_mask
+
+    far = flagged = 0
+    for pair in pairs:
+        gt = read_mask(pair.mask)
+        away = cv2.distanceTransform((~gt).astype(np.uint8), cv2.DIST_L2, 3) > margin
+        far += int(away.sum())
+        flagged += int((away & (probs[pair.name] >= threshold)).sum())
+    return {"margin_px": margin, "pixels": far, "flagged": flagged, "rate": flagged / far if far else 0.0,
+            "definition": f"share of pixels more than {margin} px from any labelled crack that reach the threshold"}
+
+
+def crack_free_synthetic(predict, spec: InputSpec, mode: str, size: tuple[int, int], threshold: float,
+                         frames: int, seed: int = 0, frame_size: tuple[int, int] = SYNTHETIC_SIZE) -> dict[str, Any]:
+    """False alarms on synthetic crack-free road (trainer.augment.synthetic_road), one distractor kind per
+    frame in turn (lane marking, slab joint, stud, oil, shadow, gradient, wet patch): pixels flagged and
+    frames with a flagged region of at least MIN_COMPONENT_PX (what the daemon would report)."""
+    from trainer.augment import DISTRACTORS, synthetic_road
+
+    pre = Preprocessor(spec, frame_size_for(mode, size))
+    by_kind: dict[str, list[int]] = {k: [0, 0, 0] for k in DISTRACTORS}  # frames, flagged pixels, frames flagged
+    pixels = 0
+    for i in range(frames):
+        kind = DISTRACTORS[i % len(DISTRACTORS)]
+        img = synthetic_road(np.random.default_rng([seed, i]), *frame_size, n_distractors=2, kinds=(kind,))
+        hit = predict_frame(predict, img, spec, pre.size, pre) >= threshold
+        n, _, stats, _ = cv2.connectedComponentsWithStats(hit.astype(np.uint8), connectivity=8)
+        reported = bool(n > 1 and stats[1:, cv2.CC_STAT_AREA].max() >= MIN_COMPONENT_PX)
+        row = by_kind[kind]
+        row[0] += 1
+        row[1] += int(hit.sum())
+        row[2] += int(reported)
+        pixels += hit.size
+    total = [sum(r[j] for r in by_kind.values()) for j in range(3)]
+    per = frame_size[0] * frame_size[1]
+    return {"frames": total[0], "frame_size": list(frame_size), "seed": seed,
+            "pixel_rate": total[1] / pixels if pixels else 0.0,
+            "frame_rate": total[2] / total[0] if total[0] else 0.0,
+            "by_kind": {k: {"frames": r[0], "pixel_rate": r[1] / (r[0] * per) if r[0] else 0.0,
+                            "frame_rate": r[2] / r[0] if r[0] else 0.0} for k, r in by_kind.items() if r[0]},
+            "definition": ("synthetic crack-free asphalt with two distractors of one kind per frame: pixel_rate = "
+                           "flagged pixels / all pixels; frame_rate = frames with a flagged region of at least "
+                           f"{MIN_COMPONENT_PX} px (8-connected), what the daemon would report")}
 
 
 def overlay(img: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -125,7 +179,7 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
              threshold: float | None = None, pick_threshold: bool = False, val_fraction: float = 0.1,
              val_seed: int = 0, max_images: int = 0, worst: int = 4, figure_rows: int = 4,
              device: str = "cpu", threads: int | None = None, write_card: bool = False,
-             size: tuple[int, int] | None = None) -> dict[str, Any]:
+             size: tuple[int, int] | None = None, crack_free: int = 0) -> dict[str, Any]:
     """Evaluate, write the report, overlays and figure under ``out_dir``; returns the report."""
     if pick_threshold and split not in VAL_ALIASES:
         raise ConfigError(f"--pick-threshold chooses on validation only; split {split!r} is not one of "
@@ -151,6 +205,10 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
     else:
         thr, source = round(m.threshold, 4), m.threshold_source
     summary = ms.summary(thr)
+    false_positives = {"far_from_crack": far_from_crack(pairs, probs, thr)}
+    if crack_free:
+        false_positives["synthetic_crack_free"] = crack_free_synthetic(m.predict, m.spec, mode, m.input_size, thr,
+                                                                       crack_free)
     per_image = sorted(ms.images_at(thr), key=lambda r: r.f1_tol)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +232,7 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
         "model_graph_sha256": _identity(model, m), "data": str(data), "split": split,
         "images": len(pairs), "mode": mode, "input_size": list(m.input_size) if mode == "resize" else f"native/{m.spec.size_multiple}",
         "threshold": thr, "threshold_source": source, "metrics": summary,
-        "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),
+        "false_positives": false_positives, "curve": ms.curve(), "ms_per_image": round(ms_per_image, 1),
         "per_image": [r.__dict__ for r in per_image], "worst": [r.name for r in worst_rows],
         # The [H, W] the model ran at: what a card's validated_sizes records.
         "sizes": ([list(m.input_size)] if mode == "resize"
@@ -183,8 +241,11 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     if write_card:
         _update_card(model, report, pick_threshold)
-    log.info("event=eval_done split=%s threshold=%.2f f1_tol=%.4f f1=%.4f iou=%.4f ms_per_image=%.0f report=%s",
+    syn = false_positives.get("synthetic_crack_free", {})
+    log.info("event=eval_done split=%s threshold=%.2f f1_tol=%.4f f1=%.4f iou=%.4f ms_per_image=%.0f "
+             "fp_far_rate=%.5f fp_synthetic_frame_rate=%s report=%s",
              split, thr, summary["tol2"]["f1"], summary["strict"]["f1"], summary["strict"]["iou"], ms_per_image,
+             false_positives["far_from_crack"]["rate"], f"{syn['frame_rate']:.3f}" if syn else "-",
              out_dir / "report.json")
     return report
 
@@ -201,7 +262,8 @@ def _update_card(model: str | Path, report: dict[str, Any], picked: bool) -> Non
     card.metrics[key] = {"images": report["images"], "threshold": report["threshold"],
                          "threshold_source": report["threshold_source"], "strict": s["strict"], "tol2": s["tol2"],
                          "published_A": s["published_A"], "published_M": s["published_M"],
-                         "ms_per_image": report["ms_per_image"], "input_size": report["input_size"]}
+                         "ms_per_image": report["ms_per_image"], "input_size": report["input_size"],
+                         "false_positives": report["false_positives"]}
     card.metrics["definitions"] = s["definitions"]
     sizes = {tuple(x) for x in card.validated_sizes} | {tuple(x) for x in report.get("sizes", [])}
     card.validated_sizes = sorted(sizes)
