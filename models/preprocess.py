@@ -60,19 +60,19 @@ def check_size(size: Size, multiple: int) -> Size:
 DEFAULT_NATIVE_MAX_SIDE = 960
 
 
-def native_max_side(card: object, configured: int | None, bound: int) -> tuple[int, str]:
+def native_max_side(card: object, configured: int | None = None, bound: int | None = None) -> tuple[int, str]:
     """(longest side a 'native' frame runs at, where that came from): the one rule for every consumer.
 
     ``configured`` is the operator's own ``model.max_side`` (None when not set): it wins.  Otherwise
     the card's ``native_max_side``, else :data:`DEFAULT_NATIVE_MAX_SIDE`; never above ``bound`` (the
-    config's safety bound, default 1920).
+    config's safety bound, default 1920; None: no bound).
     """
     if configured is not None:
         return int(configured), "config model.max_side"
     side = getattr(card, "native_max_side", None)
     source = "card native_max_side" if side else f"default {DEFAULT_NATIVE_MAX_SIDE}"
     side = int(side or DEFAULT_NATIVE_MAX_SIDE)
-    if side > bound:
+    if bound is not None and side > bound:
         return int(bound), f"{source} capped by model.max_side"
     return side, source
 

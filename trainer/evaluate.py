@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from models.preprocess import InputSpec, Preprocessor, padded_size, predict_frame
+from models.preprocess import InputSpec, Preprocessor, native_max_side, padded_size, predict_frame
 from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
 from trainer.errors import ConfigError, MissingInput
 from trainer.inference import OnnxPredictor, TorchPredictor
@@ -79,7 +79,8 @@ def score(predict, pairs: Sequence[Pair], spec: InputSpec, mode: str, size: tupl
           thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> tuple[MetricSet, dict[str, np.ndarray], float]:
     """Accumulate metrics over ``pairs``; returns (metrics, probability maps by name, ms per image)."""
     ms = MetricSet(thresholds=thresholds)
-    pre = Preprocessor(spec, frame_size_for(mode, size))
+    # 'native' frames above the card's rule are scaled down first, exactly as the daemon does.
+    pre = Preprocessor(spec, frame_size_for(mode, size), max_side=native_max_side(spec)[0])
     probs: dict[str, np.ndarray] = {}
     elapsed = 0.0
     bar = Progress(len(pairs), "eval", unit="images")  # Crack500's 400 crops take a minute on a CPU
@@ -122,7 +123,7 @@ def crack_free_synthetic(predict, spec: InputSpec, mode: str, size: tuple[int, i
     frames with a flagged region of at least MIN_COMPONENT_PX (what the daemon would report)."""
     from trainer.augment import DISTRACTORS, synthetic_road
 
-    pre = Preprocessor(spec, frame_size_for(mode, size))
+    pre = Preprocessor(spec, frame_size_for(mode, size), max_side=native_max_side(spec)[0])
     by_kind: dict[str, list[int]] = {k: [0, 0, 0] for k in DISTRACTORS}  # frames, flagged pixels, frames flagged
     pixels = 0
     for i in range(frames):
