@@ -68,7 +68,7 @@ def crop_dataset(cfg: TrainSettings, sets: Sequence[tuple[Sequence[Pair], float]
                       dilate_kernel=cfg.dilate_kernel, dilate_iterations=cfg.dilation, augment=cfg.augment,
                       distractor_prob=cfg.distractor_prob, spec=variant_defaults(cfg.arch))
     ds = CropDataset(sets, crop, cfg.samples_per_epoch, cfg.seed, soft_labels)
-    log.info("event=data train=%s val_from=%s dilation=%dx%d*%d",
-             [f"{s}" for s in cfg.data], cfg.val_data or "first train set", cfg.dilate_kernel, cfg.dilate_kernel,
-             cfg.dilation)
+    log.info("event=data train=%s val_from=%s dilation=%dx%d*%d distractor_prob=%g",
+             [f"{s}" for s in cfg.data], cfg.val_data or ("first train set" if cfg.val_sets == "first" else "each set"),
+             cfg.dilate_kernel, cfg.dilate_kernel, cfg.dilation, cfg.distractor_prob if cfg.augment else 0.0)
     return ds
