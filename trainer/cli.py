@@ -103,23 +103,32 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from trainer.evaluate import run_eval
     from trainer.loop import pick_device
 
-    out = ns.out or Path("runs/eval") / f"{ns.model.stem}-{Path(ns.data).name}-{ns.split}-{ns.mode}"
-    r = run_eval(ns.model, ns.data, ns.split, out, mode=ns.mode, threshold=ns.threshold,
-                 pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction, val_seed=ns.val_seed,
-                 max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
+    datas = ns.data or [Path("../shared/datasets/crackforest")]
+    tag = "+".join(Path(d).name for d in datas)
+    out = ns.out or Path("runs/eval") / f"{ns.model.stem}-{tag}-{ns.split}-{ns.mode}"
+    r = run_eval(ns.model, datas if len(datas) > 1 else datas[0], ns.split, out, mode=ns.mode,
+                 threshold=ns.threshold, pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction,
+                 val_seed=ns.val_seed, max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
                  device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size,
                  crack_free=ns.crack_free)
-    m = r["metrics"]
-    print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} ({r['threshold_source']}): "
-          f"F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} R {m['strict']['recall']:.4f} "
-          f"F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  {r['ms_per_image']:.0f} ms/image")
-    fp = r["false_positives"]
-    line = f"false alarms: {fp['far_from_crack']['rate']:.2e} of pixels >{fp['far_from_crack']['margin_px']} px from any crack"
-    if "synthetic_crack_free" in fp:
-        s = fp["synthetic_crack_free"]
-        line += (f"; crack-free synthetic road: {s['pixel_rate']:.2e} of pixels, {s['frame_rate']:.1%} of "
-                 f"{s['frames']} frames reported")
-    print(line)
+    if "sets" in r:
+        for name, s in r["sets"].items():
+            print(f"{name}: {s['images']} images, F1(2px) {s['f1_tol']:.4f}  strict P {s['precision']:.4f} "
+                  f"R {s['recall']:.4f} F1 {s['f1']:.4f} IoU {s['iou']:.4f}")
+        print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} "
+              f"({r['threshold_source']}): mean over sets F1(2px) {r['mean_f1_tol']:.4f} IoU {r['mean_iou']:.4f}")
+    else:
+        m = r["metrics"]
+        print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} "
+              f"({r['threshold_source']}): F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} "
+              f"R {m['strict']['recall']:.4f} F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  "
+              f"{r['ms_per_image']:.0f} ms/image")
+        far = r["false_positives"]["far_from_crack"]
+        print(f"false alarms: {far['rate']:.2e} of pixels >{far['margin_px']} px from any crack")
+    if "synthetic_crack_free" in r["false_positives"]:
+        s = r["false_positives"]["synthetic_crack_free"]
+        print(f"crack-free synthetic road: {s['pixel_rate']:.2e} of pixels flagged, {s['frame_rate']:.1%} of "
+              f"{s['frames']} frames reported")
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -216,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="judge a checkpoint or ONNX file on a split, as the daemon runs it")
     p.add_argument("--model", type=Path, required=True, help="NAME.onnx (with NAME.json) or a checkpoint .pt")
-    p.add_argument("--data", type=Path, default=Path("../shared/datasets/crackforest"), help="dataset folder")
+    p.add_argument("--data", type=Path, nargs="+", action="extend", help=(
+        "dataset folder(s) (default ../shared/datasets/crackforest); with several, each is judged on its own "
+        "split and --pick-threshold picks one threshold by the mean over sets of F1(2px)"))
     p.add_argument("--split", default="test", help="test, val (carved from train unless the set has one), train...")
     p.add_argument("--mode", choices=("resize", "native"), default="resize",
                    help="resize to the model's input size and back (daemon default) or native size padded to 4")

@@ -28,7 +28,7 @@ from trainer.data import VAL_ALIASES, Pair, list_pairs, read_pair
 from trainer.errors import ConfigError, MissingInput
 from trainer.inference import OnnxPredictor, TorchPredictor
 from trainer.inference import frame_size as frame_size_for
-from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet
+from trainer.metrics import DEFAULT_THRESHOLDS, MetricSet, mean_over_sets
 from trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -176,12 +176,18 @@ def _fit_width(rows: list[np.ndarray]) -> list[np.ndarray]:
     return [cv2.copyMakeBorder(r, 0, 0, 0, w - r.shape[1], cv2.BORDER_CONSTANT, value=(255, 255, 255)) for r in rows]
 
 
-def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Path, mode: str = "resize",
-             threshold: float | None = None, pick_threshold: bool = False, val_fraction: float = 0.1,
-             val_seed: int = 0, max_images: int = 0, worst: int = 4, figure_rows: int = 4,
-             device: str = "cpu", threads: int | None = None, write_card: bool = False,
+def run_eval(model: str | Path, data: str | Path | Sequence[str | Path], split: str, out_dir: str | Path,
+             mode: str = "resize", threshold: float | None = None, pick_threshold: bool = False,
+             val_fraction: float = 0.1, val_seed: int = 0, max_images: int = 0, worst: int = 4,
+             figure_rows: int = 4, device: str = "cpu", threads: int | None = None, write_card: bool = False,
              size: tuple[int, int] | None = None, crack_free: int = 0) -> dict[str, Any]:
-    """Evaluate, write the report, overlays and figure under ``out_dir``; returns the report."""
+    """Evaluate, write the report, overlays and figure under ``out_dir``; returns the report.
+
+    With several datasets each is judged on its own ``split`` (report under ``out_dir/<set>/``), and
+    ``pick_threshold`` picks one threshold for all by the mean over sets of each set's F1(2px) (as
+    training validation does); the returned report is the combined one, its per-set reports under
+    ``sets``.  ``max_images`` then takes a fixed even spread of each set, as training validation.
+    """
     if pick_threshold and split not in VAL_ALIASES:
         raise ConfigError(f"--pick-threshold chooses on validation only; split {split!r} is not one of "
                           f"{', '.join(VAL_ALIASES)}")
@@ -189,22 +195,79 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
         raise ConfigError("give either --threshold or --pick-threshold, not both")
     if mode not in ("resize", "native"):
         raise ConfigError(f"mode {mode!r}: choose resize or native")
+    datas = [data] if isinstance(data, (str, Path)) else list(data)
+    if not datas:
+        raise ConfigError("eval: no --data")
+    names = [Path(d).name for d in datas]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"eval: the same dataset name twice in --data ({', '.join(names)})")
     m = load_model(model, device, threads)
     if size is not None:
         m.input_size = tuple(size)
-    pairs = list_pairs(data, split, val_fraction, val_seed)
-    if max_images and len(pairs) > max_images:
-        pairs = pairs[:max_images]
     thresholds = sorted(set(DEFAULT_THRESHOLDS) | ({round(threshold, 4)} if threshold is not None else set())
                         | {round(m.threshold, 4)})
-    log.info("event=eval model=%s data=%s split=%s images=%d mode=%s", model, data, split, len(pairs), mode)
-    ms, probs, ms_per_image = score(m.predict, pairs, m.spec, mode, m.input_size, thresholds)
+    scored = {}
+    for d in datas:
+        pairs = list_pairs(d, split, val_fraction, val_seed)
+        if max_images and len(pairs) > max_images:
+            pairs = (pairs[:max_images] if len(datas) == 1
+                     else [pairs[int(i * len(pairs) / max_images)] for i in range(max_images)])
+        log.info("event=eval model=%s data=%s split=%s images=%d mode=%s", model, d, split, len(pairs), mode)
+        scored[Path(d).name] = (d, pairs, *score(m.predict, pairs, m.spec, mode, m.input_size, thresholds))
     if threshold is not None:
         thr, source = round(threshold, 4), "flag"
     elif pick_threshold:
-        thr, source = ms.best_threshold(), f"picked on {split} (best F1 2px)"
+        if len(datas) == 1:
+            thr, source = scored[names[0]][2].best_threshold(), f"picked on {split} (best F1 2px)"
+        else:
+            thr = mean_over_sets({n: v[2] for n, v in scored.items()})[0]
+            source = f"picked on {split} of {'+'.join(names)} (best mean over sets of F1 2px)"
     else:
         thr, source = round(m.threshold, 4), m.threshold_source
+    reports = {}
+    for name, (d, pairs, ms, probs, ms_per_image) in scored.items():
+        sub = Path(out_dir) if len(datas) == 1 else Path(out_dir) / name
+        reports[name] = _report(model, m, d, split, mode, pairs, ms, probs, ms_per_image, thr, source, sub, worst,
+                                figure_rows, crack_free if name == names[0] else 0)
+        if write_card:
+            _update_card(model, reports[name], pick_threshold)
+    if len(datas) == 1:
+        return reports[names[0]]
+    combined = _combined(model, m, split, mode, thr, source, reports)
+    (Path(out_dir) / "report.json").write_text(json.dumps(combined, indent=2) + "\n")
+    if write_card:
+        from models.card import load_card, write_card as write
+
+        card = load_card(model)
+        card.metrics[f"{'+'.join(names)}:{split}@{mode}"] = {k: combined[k] for k in (
+            "threshold", "threshold_source", "mean_f1_tol", "mean_iou", "sets")}
+        write(card, model)
+    log.info("event=eval_combined split=%s sets=%d threshold=%.2f mean_f1_tol=%.4f %s", split, len(datas), thr,
+             combined["mean_f1_tol"], " ".join(f"f1_tol@{n}={v['f1_tol']:.4f}" for n, v in combined["sets"].items()))
+    return combined
+
+
+def _combined(model, m: LoadedModel, split: str, mode: str, thr: float, source: str,
+              reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    sets = {n: {"images": r["images"], "f1_tol": r["metrics"]["tol2"]["f1"], "f1": r["metrics"]["strict"]["f1"],
+                "iou": r["metrics"]["strict"]["iou"], "precision": r["metrics"]["strict"]["precision"],
+                "recall": r["metrics"]["strict"]["recall"],
+                "fp_far_rate": r["false_positives"]["far_from_crack"]["rate"]} for n, r in reports.items()}
+    first = next(iter(reports.values()))
+    return {"model": str(model), "model_sha256": m.sha256, "model_graph_sha256": first["model_graph_sha256"],
+            "kind": m.kind, "split": split, "mode": mode, "threshold": thr, "threshold_source": source,
+            "images": sum(s["images"] for s in sets.values()),
+            "mean_f1_tol": float(np.mean([s["f1_tol"] for s in sets.values()])),
+            "mean_iou": float(np.mean([s["iou"] for s in sets.values()])), "sets": sets,
+            "false_positives": {k: v for k, v in first["false_positives"].items() if k == "synthetic_crack_free"},
+            "ms_per_image": round(float(np.mean([r["ms_per_image"] for r in reports.values()])), 1),
+            "definition": "mean over sets of each set's own figure at one common threshold"}
+
+
+def _report(model, m: LoadedModel, data, split: str, mode: str, pairs: Sequence[Pair], ms: MetricSet,
+            probs: dict[str, np.ndarray], ms_per_image: float, thr: float, source: str, out_dir: Path,
+            worst: int, figure_rows: int, crack_free: int) -> dict[str, Any]:
+    """One set's report.json, worst overlays and figure at threshold ``thr``."""
     summary = ms.summary(thr)
     false_positives = {"far_from_crack": far_from_crack(pairs, probs, thr)}
     if crack_free:
@@ -240,13 +303,11 @@ def run_eval(model: str | Path, data: str | Path, split: str, out_dir: str | Pat
                   else sorted({padded_size(*p.shape[:2], m.spec.size_multiple) for p in probs.values()})),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if write_card:
-        _update_card(model, report, pick_threshold)
     syn = false_positives.get("synthetic_crack_free", {})
-    log.info("event=eval_done split=%s threshold=%.2f f1_tol=%.4f f1=%.4f iou=%.4f ms_per_image=%.0f "
+    log.info("event=eval_done data=%s split=%s threshold=%.2f f1_tol=%.4f f1=%.4f iou=%.4f ms_per_image=%.0f "
              "fp_far_rate=%.5f fp_synthetic_frame_rate=%s report=%s",
-             split, thr, summary["tol2"]["f1"], summary["strict"]["f1"], summary["strict"]["iou"], ms_per_image,
-             false_positives["far_from_crack"]["rate"], f"{syn['frame_rate']:.3f}" if syn else "-",
+             Path(data).name, split, thr, summary["tol2"]["f1"], summary["strict"]["f1"], summary["strict"]["iou"],
+             ms_per_image, false_positives["far_from_crack"]["rate"], f"{syn['frame_rate']:.3f}" if syn else "-",
              out_dir / "report.json")
     return report
 

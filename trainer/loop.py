@@ -32,7 +32,7 @@ from trainer.errors import ConfigError, MissingInput
 from models.preprocess import Preprocessor, predict_frame
 from models.registry import DEFAULT_VARIANT, variant_defaults
 from trainer.inference import TorchPredictor
-from trainer.metrics import MetricSet
+from trainer.metrics import MetricSet, mean_over_sets
 from trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -177,21 +177,15 @@ class Validator:
 
 def combine_sets(per_set: dict[str, MetricSet]) -> dict[str, float]:
     """The validation figures of several sets: mean F1(2px) over sets at the best common threshold."""
-    sets = list(per_set.values())
-    grid = sets[0].thresholds
-
-    def mean(t: float, kind: str, key: str) -> float:
-        return float(np.mean([m.counts[t].tol()[key] if kind == "tol" else m.counts[t].strict()[key] for m in sets]))
-
-    t = max(grid, key=lambda t: (mean(t, "tol", "f1"), -abs(t - 0.5)))
-    out = {"val_f1_tol": mean(t, "tol", "f1"), "val_f1": mean(t, "strict", "f1"), "val_iou": mean(t, "strict", "iou"),
-           "val_threshold": t}
+    t, mean_f1_tol, figures = mean_over_sets(per_set)
+    out = {"val_f1_tol": mean_f1_tol, "val_f1": float(np.mean([f["f1"] for f in figures.values()])),
+           "val_iou": float(np.mean([f["iou"] for f in figures.values()])), "val_threshold": t}
     if len(per_set) > 1:
-        for name, m in per_set.items():
-            out[f"val_f1_tol@{name}"] = m.counts[t].tol()["f1"]
-            out[f"val_iou@{name}"] = m.counts[t].strict()["iou"]
+        for name, f in figures.items():
+            out[f"val_f1_tol@{name}"] = f["f1_tol"]
+            out[f"val_iou@{name}"] = f["iou"]
         log.info("event=val threshold=%.2f mean_f1_tol=%.4f %s", t, out["val_f1_tol"],
-                 " ".join(f"f1_tol@{n}={out[f'val_f1_tol@{n}']:.4f}({len(m)})" for n, m in per_set.items()))
+                 " ".join(f"f1_tol@{n}={f['f1_tol']:.4f}({f['images']})" for n, f in figures.items()))
     return out
 
 

@@ -183,3 +183,38 @@ def test_the_combined_figure_is_the_mean_over_sets_at_one_threshold():
     one = combine_sets({"a": a})
     assert one["val_f1_tol"] == pytest.approx(a.counts[one["val_threshold"]].tol()["f1"])
     assert "val_f1_tol@a" not in one  # one set: the figures as before
+
+
+def test_eval_on_several_sets_picks_one_threshold_by_their_mean_and_counts_false_alarms(exported, make_dataset,
+                                                                                          tmp_path):
+    import shutil
+
+    from models.card import load_card
+    from trainer.cli import main
+
+    model = tmp_path / exported.name
+    shutil.copy(exported, model)
+    shutil.copy(exported.with_suffix(".json"), model.with_suffix(".json"))
+    a = make_dataset(tmp_path / "a", n=6, seed=3)
+    make_dataset(tmp_path / "b" / "train", n=2, seed=4)
+    b = make_dataset(tmp_path / "b" / "valid", n=3, seed=5).parent
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(model), "--data", str(a), str(b), "--split", "val", "--val-fraction", "0.34",
+                 "--mode", "native", "--pick-threshold", "--write-card", "--crack-free", "7", "--out", str(out)]) == 0
+    combined = json.loads((out / "report.json").read_text())
+    per = {n: json.loads((out / n / "report.json").read_text()) for n in ("a", "b")}
+    assert combined["sets"]["a"]["images"] == 1 and combined["sets"]["b"]["images"] == 3
+    # The threshold is the best of the mean of the two sets' curves, not of either alone.
+    curves = [{c["threshold"]: c["f1_tol"] for c in per[n]["curve"]} for n in ("a", "b")]
+    best = max(curves[0], key=lambda t: ((curves[0][t] + curves[1][t]) / 2, -abs(t - 0.5)))
+    assert combined["threshold"] == pytest.approx(best)
+    assert combined["mean_f1_tol"] == pytest.approx((curves[0][best] + curves[1][best]) / 2)
+    card = load_card(model)
+    assert card.threshold == combined["threshold"] and card.inference == "native"
+    assert card.metrics["a+b:val@native"]["sets"]["b"]["f1_tol"] == pytest.approx(curves[1][best])
+    assert card.metrics["b:val@native"]["threshold"] == combined["threshold"]
+    far = per["a"]["false_positives"]["far_from_crack"]
+    assert far["pixels"] > 0 and 0.0 <= far["rate"] <= 1.0 and far["flagged"] == round(far["rate"] * far["pixels"])
+    syn = combined["false_positives"]["synthetic_crack_free"]
+    assert syn["frames"] == 7 and set(syn["by_kind"]) == set(__import__("trainer.augment").augment.DISTRACTORS)
+    assert 0.0 <= syn["pixel_rate"] <= 1.0 and 0.0 <= syn["frame_rate"] <= 1.0
