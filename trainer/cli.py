@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # Before torch loads OpenMP: on a shared CPU, worker threads that spin while waiting for a core
+    # made a 2-thread validation 7x slower than 1 thread (docs/training.md); passive waiting costs
+    # next to nothing on an idle machine.  An explicit OMP_WAIT_POLICY is left alone.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["quantize"]:
         from trainer import quantize
