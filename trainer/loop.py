@@ -158,10 +158,6 @@ class Validator:
         self.device = device
         self.temperature = temperature
 
-    @property
-    def items(self) -> list:
-        return [it for items in self.sets.values() for it in items]
-
     def __call__(self, net: nn.Module) -> dict[str, float]:
         was_training = net.training
         net.eval()
