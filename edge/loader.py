@@ -201,8 +201,20 @@ def load_model(cfg: EdgeConfig) -> LoadedModel:
     backend = build_backend(cfg, path, card)
     path, card = backend.model_path, backend.card
     size = inference_size(cfg, card)
+    max_side, source = resolve_max_side(cfg, card)
+    log.info("event=inference_size mode=%s size=%s max_side=%d source=%r train_crop_px=%s train_scale=%s",
+             "native" if size == "native" else "resize", "native" if size == "native" else f"{size[0]}x{size[1]}",
+             max_side, source, card.train_scale.get("crop_px"), card.train_scale.get("scale"))
     return LoadedModel(backend, path, card, size, resolve_threshold(cfg, card), card.sha256 or sha256_file(path),
-                       cfg.model.max_side)
+                       max_side)
+
+
+def resolve_max_side(cfg: EdgeConfig, card: Any) -> tuple[int, str]:
+    """Longest side 'native' frames run at (models.preprocess.native_max_side), and why."""
+    from models.preprocess import native_max_side
+
+    configured = cfg.model.max_side if "max_side" in cfg.model.model_fields_set else None
+    return native_max_side(card, configured, cfg.model.max_side)
 
 
 def probe_model(model: LoadedModel) -> None:

@@ -59,6 +59,12 @@ class ModelCard(BaseModel):
     gflops: float = Field(0.0, description="2 x multiply-adds per input_size frame, in 1e9")
     sha256: str = Field("", description="SHA-256 of the ONNX file this card describes")
     validated_sizes: list[tuple[int, int]] = Field(default_factory=list)
+    train_scale: dict[str, Any] = Field(default_factory=dict, description=(
+        "The pixel scale the weights were trained at: crop_px (training crop side), scale (random rescale "
+        "range of the training images before cropping), max_aspect; filled from training.recipe when absent"))
+    native_max_side: int | None = Field(None, ge=64, le=8192, description=(
+        "Longest side, px, a frame is scaled down to before 'native' inference (models.preprocess."
+        "native_max_side: the rule; None: its default, 960)"))
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -70,6 +76,15 @@ class ModelCard(BaseModel):
             if arch in list_models():  # an unknown variant must say everything itself
                 data = {**variant_defaults(arch).card_values(), **data}
         return data
+
+    @model_validator(mode="after")
+    def _train_scale_from_recipe(self) -> "ModelCard":
+        recipe = self.training.get("recipe") if isinstance(self.training, dict) else None
+        if not self.train_scale and isinstance(recipe, dict) and "crop" in recipe:
+            self.train_scale = {"crop_px": recipe["crop"],
+                                "scale": [recipe.get("scale_min", 1.0), recipe.get("scale_max", 1.0)],
+                                "max_aspect": recipe.get("max_aspect", 1.0)}
+        return self
 
     def embedded(self) -> dict[str, Any]:
         """What goes into the ONNX metadata: the whole card but its own file's sha256."""

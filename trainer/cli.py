@@ -134,15 +134,32 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     from trainer.evaluate import run_eval
     from trainer.loop import pick_device
 
-    out = ns.out or Path("runs/eval") / f"{ns.model.stem}-{Path(ns.data).name}-{ns.split}-{ns.mode}"
-    r = run_eval(ns.model, ns.data, ns.split, out, mode=ns.mode, threshold=ns.threshold,
-                 pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction, val_seed=ns.val_seed,
-                 max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
-                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size)
-    m = r["metrics"]
-    print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} ({r['threshold_source']}): "
-          f"F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} R {m['strict']['recall']:.4f} "
-          f"F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  {r['ms_per_image']:.0f} ms/image")
+    datas = ns.data or [Path("../shared/datasets/crackforest")]
+    tag = "+".join(Path(d).name for d in datas)
+    out = ns.out or Path("runs/eval") / f"{ns.model.stem}-{tag}-{ns.split}-{ns.mode}"
+    r = run_eval(ns.model, datas if len(datas) > 1 else datas[0], ns.split, out, mode=ns.mode,
+                 threshold=ns.threshold, pick_threshold=ns.pick_threshold, val_fraction=ns.val_fraction,
+                 val_seed=ns.val_seed, max_images=ns.max_images, worst=ns.worst, figure_rows=ns.figure_rows,
+                 device=pick_device(ns.device), threads=ns.threads, write_card=ns.write_card, size=ns.size,
+                 crack_free=ns.crack_free)
+    if "sets" in r:
+        for name, s in r["sets"].items():
+            print(f"{name}: {s['images']} images, F1(2px) {s['f1_tol']:.4f}  strict P {s['precision']:.4f} "
+                  f"R {s['recall']:.4f} F1 {s['f1']:.4f} IoU {s['iou']:.4f}")
+        print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} "
+              f"({r['threshold_source']}): mean over sets F1(2px) {r['mean_f1_tol']:.4f} IoU {r['mean_iou']:.4f}")
+    else:
+        m = r["metrics"]
+        print(f"{r['images']} images ({r['split']}, {r['mode']}), threshold {r['threshold']:.2f} "
+              f"({r['threshold_source']}): F1(2px) {m['tol2']['f1']:.4f}  strict P {m['strict']['precision']:.4f} "
+              f"R {m['strict']['recall']:.4f} F1 {m['strict']['f1']:.4f} IoU {m['strict']['iou']:.4f}  "
+              f"{r['ms_per_image']:.0f} ms/image")
+        far = r["false_positives"]["far_from_crack"]
+        print(f"false alarms: {far['rate']:.2e} of pixels >{far['margin_px']} px from any crack")
+    if "synthetic_crack_free" in r["false_positives"]:
+        s = r["false_positives"]["synthetic_crack_free"]
+        print(f"crack-free synthetic road: {s['pixel_rate']:.2e} of pixels flagged, {s['frame_rate']:.1%} of "
+              f"{s['frames']} frames reported")
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -278,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="judge a checkpoint or ONNX file on a split, as the daemon runs it")
     p.add_argument("--model", type=Path, required=True, help="NAME.onnx (with NAME.json) or a checkpoint .pt")
-    p.add_argument("--data", type=Path, default=Path("../shared/datasets/crackforest"), help="dataset folder")
+    p.add_argument("--data", type=Path, nargs="+", action="extend", help=(
+        "dataset folder(s) (default ../shared/datasets/crackforest); with several, each is judged on its own "
+        "split and --pick-threshold picks one threshold by the mean over sets of F1(2px)"))
     p.add_argument("--split", default="test", help="test, val (carved from train unless the set has one), train...")
     p.add_argument("--mode", choices=("resize", "native"), default="resize",
                    help="resize to the model's input size and back (daemon default) or native size padded to 4")
@@ -292,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N images (0 = all)")
     p.add_argument("--worst", type=int, default=4, help="overlay images written for the N worst images")
     p.add_argument("--figure-rows", type=int, default=4, help="rows of photo | ground truth | prediction in figure.png")
+    p.add_argument("--crack-free", type=int, default=0, metavar="N",
+                   help="also judge N synthetic crack-free road frames with distractors (false alarms; 0 = skip)")
     p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads of the runtime")
     p.set_defaults(func=cmd_eval)
@@ -347,6 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    # Before torch loads OpenMP: on a shared CPU, worker threads that spin while waiting for a core
+    # made a 2-thread validation 7x slower than 1 thread (docs/training.md); passive waiting costs
+    # next to nothing on an idle machine.  An explicit OMP_WAIT_POLICY is left alone.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["quantize"] and os.environ.get("WORLD_SIZE", "1") != "1":
         print("crack-train quantize: runs as one process; start it without torchrun", file=sys.stderr)

@@ -38,6 +38,12 @@ class TrainSettings(BaseModel):
     scale_max: float = Field(1.6, gt=0, description="Largest random rescale before cropping")
     max_aspect: float = Field(1.6, ge=1, description="Largest random aspect-ratio change (daemon squeezes 480x320 to 448x448: 1.5)")
     augment: bool = Field(True, description="Apply the published flips and colour changes")
+    distractor_prob: float = Field(0.3, ge=0, le=1, description=(
+        "Share of training crops with road distractors drawn in, label unchanged: lane markings, slab joints, "
+        "road studs, oil stains, shadows, brightness gradients, wet patches (needs --augment)"))
+    val_sets: Literal["each", "first"] = Field("each", description=(
+        "Validate on each training set's own val split, reported per set, picked on their mean F1(2px) "
+        "('each'), or only on the first set's ('first'); --val-data overrides both"))
     batch_size: int = Field(4, ge=1, description="Crops per step (published: 2 teacher, 4 student)")
     samples_per_epoch: int = Field(200, ge=1, description="Crops drawn per epoch")
     epochs: int = Field(100, ge=1, description="Most epochs to run (published: 100)")

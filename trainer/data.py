@@ -195,6 +195,8 @@ class CropConfig:
     dilate_kernel: int = 3
     dilate_iterations: int = 0
     augment: bool = True
+    # Share of crops that get road distractors drawn in (trainer.augment.distractors), label untouched.
+    distractor_prob: float = 0.0
     # Channel order and normalisation of the variant being trained (its registry entry).
     spec: InputSpec = field(default_factory=lambda: variant_defaults(DEFAULT_VARIANT))
     extra: dict = field(default_factory=dict)
@@ -212,9 +214,10 @@ class CropDataset:
 
     def __init__(self, sets: Sequence[tuple[Sequence[Pair], float]], cfg: CropConfig, samples_per_epoch: int,
                  seed: int = 0, soft_labels: dict[Path, Sequence[Path]] | None = None) -> None:
-        from trainer.augment import photometric_and_flip
+        from trainer.augment import distractors, photometric_and_flip
 
         self._augment = photometric_and_flip
+        self._distractors = distractors
         if cfg.crop % 4:
             raise ConfigError(f"crop {cfg.crop} is not a multiple of 4 (try {padded(cfg.crop, 4)})")
         self.cfg = cfg
@@ -255,6 +258,8 @@ class CropDataset:
         img, target, soft = self._jitter(rng, img, target, soft)
         img, target, soft = self._crop(rng, img, target, soft)
         if self.cfg.augment:
+            # Before the colour changes, so that paint and shadows get the same jitter as the road.
+            img = self._distractors(rng, img, target, self.cfg.distractor_prob)
             img, target, soft = self._augment(rng, img, target, soft)
         out = {"image": _normalise(img, self.cfg.spec), "target": target[None].astype(np.float32)}
         if soft is not None:

@@ -39,7 +39,7 @@ from trainer.errors import ConfigError, MissingInput
 from models.preprocess import Preprocessor, predict_frame
 from models.registry import DEFAULT_VARIANT, variant_defaults
 from trainer.inference import TorchPredictor
-from trainer.metrics import MetricSet
+from trainer.metrics import MetricSet, mean_over_sets
 from trainer.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -149,11 +149,21 @@ def make_optimizer(params, cfg: TrainSettings) -> torch.optim.Optimizer:
 
 
 class Validator:
-    """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid."""
+    """Whole-image validation as the daemon predicts, F1(2px) at the best of a threshold grid.
 
-    def __init__(self, pairs: Sequence[Pair], size: int, device: str, temperature: float = 1.0,
-                 arch: str = DEFAULT_VARIANT) -> None:
-        self.items = [(p.name, *read_pair(p)) for p in pairs]
+    ``pairs`` is one list, or several by set name (each training set's own val split).  With several,
+    the figure that picks the checkpoint and the threshold is the *mean over sets* of each set's
+    F1(2px) at one common threshold, so a 7-image set weighs as much as a 32-image one and no set's
+    pixel count drowns the others; each set's own figures at that threshold come beside it
+    (``val_f1_tol@SET``, ``val_iou@SET``).  With one set this is that set's F1(2px), as before.
+    """
+
+    def __init__(self, pairs: Sequence[Pair] | dict[str, Sequence[Pair]], size: int, device: str,
+                 temperature: float = 1.0, arch: str = DEFAULT_VARIANT) -> None:
+        sets = pairs if isinstance(pairs, dict) else {"val": pairs}
+        self.sets = {name: [(p.name, *read_pair(p)) for p in ps] for name, ps in sets.items() if ps}
+        if not self.sets:
+            raise ConfigError("validation: no images")
         # The daemon's pre-processing with the variant's normalisation: what the picked threshold runs on.
         self.pre = Preprocessor(variant_defaults(arch), (size, size) if size else "native")
         self.device = device
@@ -163,14 +173,27 @@ class Validator:
         was_training = net.training
         net.eval()
         predict = TorchPredictor(net, self.device, self.temperature)
-        ms = MetricSet()
-        for name, img, gt in self.items:
-            ms.update(predict_frame(predict, img, self.pre.card, self.pre.size, self.pre), gt, name)
+        per_set: dict[str, MetricSet] = {}
+        for set_name, items in self.sets.items():
+            ms = per_set[set_name] = MetricSet()
+            for name, img, gt in items:
+                ms.update(predict_frame(predict, img, self.pre.card, self.pre.size, self.pre), gt, name)
         net.train(was_training)
-        t = ms.best_threshold()
-        s = ms.summary(t)
-        return {"val_f1_tol": s["tol2"]["f1"], "val_f1": s["strict"]["f1"], "val_iou": s["strict"]["iou"],
-                "val_threshold": t}
+        return combine_sets(per_set)
+
+
+def combine_sets(per_set: dict[str, MetricSet]) -> dict[str, float]:
+    """The validation figures of several sets: mean F1(2px) over sets at the best common threshold."""
+    t, mean_f1_tol, figures = mean_over_sets(per_set)
+    out = {"val_f1_tol": mean_f1_tol, "val_f1": float(np.mean([f["f1"] for f in figures.values()])),
+           "val_iou": float(np.mean([f["iou"] for f in figures.values()])), "val_threshold": t}
+    if len(per_set) > 1:
+        for name, f in figures.items():
+            out[f"val_f1_tol@{name}"] = f["f1_tol"]
+            out[f"val_iou@{name}"] = f["iou"]
+        log.info("event=val threshold=%.2f mean_f1_tol=%.4f %s", t, out["val_f1_tol"],
+                 " ".join(f"f1_tol@{n}={f['f1_tol']:.4f}({f['images']})" for n, f in figures.items()))
+    return out
 
 
 @dataclass

@@ -212,3 +212,21 @@ def evaluate_masks(pairs: Iterable[tuple[np.ndarray, np.ndarray]], threshold: fl
     for prob, gt in pairs:
         ms.update(prob, gt)
     return ms.summary(threshold)
+
+
+def mean_over_sets(per_set: dict[str, MetricSet]) -> tuple[float, float, dict[str, dict[str, float]]]:
+    """(threshold, mean F1(2px), each set's figures there): the best common threshold of several sets
+    by the mean over sets of each set's own F1(2px), so that a small set counts as much as a large one
+    and no set's pixel count outvotes the others.  The sets must share one threshold grid."""
+    sets = list(per_set.values())
+    grid = sets[0].thresholds
+    if any(tuple(m.thresholds) != tuple(grid) for m in sets):
+        raise ValueError("mean_over_sets: the sets were accumulated at different thresholds")
+
+    def mean_tol(t: float) -> float:
+        return float(np.mean([m.counts[t].tol()["f1"] for m in sets]))
+
+    t = max(grid, key=lambda t: (mean_tol(t), -abs(t - 0.5)))
+    figures = {name: {"f1_tol": m.counts[t].tol()["f1"], "f1": m.counts[t].strict()["f1"],
+                      "iou": m.counts[t].strict()["iou"], "images": len(m)} for name, m in per_set.items()}
+    return t, mean_tol(t), figures

@@ -16,7 +16,7 @@ from trainer.errors import ConfigError
 from trainer.labels import load_manifest, soft_label_index
 from trainer.loop import RunResult, Validator, fit, pick_device
 from trainer.losses import DistillationLoss
-from trainer.sets import crop_dataset, train_pair_sets, val_pairs
+from trainer.sets import crop_dataset, train_pair_sets, val_sets
 from trainer.teacher import train_supervised
 
 log = logging.getLogger(__name__)
@@ -48,12 +48,12 @@ def train_distilled_student(cfg: TrainSettings) -> RunResult:
     torch.manual_seed(cfg.seed)
     net = create_model(cfg.arch)
     train_set = crop_dataset(cfg, sets, soft_label_index(cfg.labels, manifest))
-    held_out = val_pairs(cfg)
+    held_out = val_sets(cfg)
     validator = Validator(held_out, cfg.val_size, pick_device(cfg.device), temperature=t_real, arch=cfg.arch)
     meta = {"arch": cfg.arch, "role": "distilled-student", "kd": cfg.kd, "deploy_temperature": t_real,
             "label_temperature": manifest["temperature"], "student_temperatures": temps, "alpha": cfg.alpha,
             "teacher_sha256": manifest["teacher_sha256"], "loss": cfg.loss, "data": list(cfg.data),
-            "train_images": sum(len(p) for p, _ in sets), "val_images": [str(p.image) for p in held_out],
+            "train_images": sum(len(p) for p, _ in sets), "val_images": [str(p.image) for ps in held_out.values() for p in ps],
             "seed": cfg.seed}
     log.info("event=distill kd=%s label_T=%g student_T=%s t_real=%g alpha=%g", cfg.kd, manifest["temperature"],
              temps, t_real, cfg.alpha)

@@ -8,7 +8,7 @@ from models import create_model
 from trainer.config import TrainSettings
 from trainer.loop import RunResult, Validator, fit, pick_device
 from trainer.losses import DeepSupervisionLoss
-from trainer.sets import crop_dataset, train_pair_sets, val_pairs
+from trainer.sets import crop_dataset, train_pair_sets, val_sets
 
 
 def train_supervised(cfg: TrainSettings, role: str) -> RunResult:
@@ -19,11 +19,11 @@ def train_supervised(cfg: TrainSettings, role: str) -> RunResult:
     net = create_model(cfg.arch)
     sets = train_pair_sets(cfg)
     train_set = crop_dataset(cfg, sets)
-    held_out = val_pairs(cfg)
+    held_out = val_sets(cfg)
     validator = Validator(held_out, cfg.val_size, pick_device(cfg.device), arch=cfg.arch)
     meta = {"arch": cfg.arch, "role": role, "deploy_temperature": 1.0, "loss": cfg.loss,
             "data": list(cfg.data), "train_images": sum(len(p) for p, _ in sets),
-            "val_images": [str(p.image) for p in held_out], "seed": cfg.seed}
+            "val_images": [str(p.image) for ps in held_out.values() for p in ps], "seed": cfg.seed}
     return fit(net, train_set, DeepSupervisionLoss(cfg.loss), validator, cfg, meta)
 
 

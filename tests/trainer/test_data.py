@@ -136,3 +136,85 @@ def test_flips_move_labels_and_colour_changes_do_not():
     assert not np.array_equal(augment.brightness(img, 0.3), img)
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment.apply("rotate", rng, img, target, None)
+
+
+def test_each_training_set_is_validated_on_its_own_val_split(tmp_path, make_dataset):
+    from trainer.config import load_settings
+    from trainer.sets import val_sets
+
+    cfd = make_dataset(tmp_path / "cfd", n=12, split={"train": [f"{i:03d}" for i in range(12)]})
+    make_dataset(tmp_path / "c5" / "train", n=4)
+    make_dataset(tmp_path / "c5" / "valid", n=9, seed=1)
+    lone = make_dataset(tmp_path / "lone", n=3, split={"test": ["000", "001", "002"]})  # no train, no val
+    cfg = load_settings(None, data=[f"{cfd}:train@2", f"{tmp_path / 'c5'}:train", f"{lone}:test"],
+                        val_max_images=5, val_fraction=0.25)
+    sets = val_sets(cfg)
+    assert list(sets) == ["cfd", "c5"]  # 'lone' has no val split: skipped, not fatal
+    assert len(sets["cfd"]) == 3  # carved from train (25 % of 12), fewer than the cap
+    assert len(sets["c5"]) == 5 and all(p.image.parent.parent.name == "valid" for p in sets["c5"])
+    assert sets == val_sets(cfg)  # a fixed subset, the same every epoch
+    first = val_sets(load_settings(None, data=cfg.data, val_max_images=5, val_fraction=0.25, val_sets="first"))
+    assert list(first) == ["cfd"] and first["cfd"] == sets["cfd"]
+
+
+def test_the_combined_figure_is_the_mean_over_sets_at_one_threshold():
+    from trainer.loop import combine_sets
+    from trainer.metrics import MetricSet
+
+    # Set a: a long crack, sure everywhere, plus false alarms at 0.5 far from it: best above 0.5.
+    gt_a = np.zeros((60, 60), bool)
+    gt_a[10, 2:58] = gt_a[30, 2:58] = True
+    prob_a = np.where(gt_a, 0.9, 0.0).astype(np.float32)
+    prob_a[50, 2:58] = 0.5
+    # Set b: a short crack found only up to 0.4.  Pooled pixels would follow a; the mean follows both.
+    gt_b = np.zeros((20, 20), bool)
+    gt_b[10, 5:15] = True
+    a, b = MetricSet(), MetricSet()
+    a.update(prob_a, gt_a)
+    b.update(np.where(gt_b, 0.4, 0.0).astype(np.float32), gt_b)
+    out = combine_sets({"a": a, "b": b})
+    assert out["val_threshold"] == pytest.approx(0.4)
+    assert out["val_f1_tol@b"] == pytest.approx(1.0) and out["val_f1_tol@a"] < 0.9
+    assert out["val_f1_tol"] == pytest.approx((out["val_f1_tol@a"] + out["val_f1_tol@b"]) / 2)
+    pooled = MetricSet()
+    pooled.update(prob_a, gt_a)
+    pooled.update(np.where(gt_b, 0.4, 0.0).astype(np.float32), gt_b)
+    assert pooled.best_threshold() > 0.5  # what summing the pixels would have picked
+    one = combine_sets({"a": a})
+    assert one["val_f1_tol"] == pytest.approx(a.counts[one["val_threshold"]].tol()["f1"])
+    assert "val_f1_tol@a" not in one  # one set: the figures as before
+
+
+def test_eval_on_several_sets_picks_one_threshold_by_their_mean_and_counts_false_alarms(exported, make_dataset,
+                                                                                          tmp_path):
+    import shutil
+
+    from models.card import load_card
+    from trainer.cli import main
+
+    model = tmp_path / exported.name
+    shutil.copy(exported, model)
+    shutil.copy(exported.with_suffix(".json"), model.with_suffix(".json"))
+    a = make_dataset(tmp_path / "a", n=6, seed=3)
+    make_dataset(tmp_path / "b" / "train", n=2, seed=4)
+    b = make_dataset(tmp_path / "b" / "valid", n=3, seed=5).parent
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(model), "--data", str(a), str(b), "--split", "val", "--val-fraction", "0.34",
+                 "--mode", "native", "--pick-threshold", "--write-card", "--crack-free", "7", "--out", str(out)]) == 0
+    combined = json.loads((out / "report.json").read_text())
+    per = {n: json.loads((out / n / "report.json").read_text()) for n in ("a", "b")}
+    assert combined["sets"]["a"]["images"] == 1 and combined["sets"]["b"]["images"] == 3
+    # The threshold is the best of the mean of the two sets' curves, not of either alone.
+    curves = [{c["threshold"]: c["f1_tol"] for c in per[n]["curve"]} for n in ("a", "b")]
+    best = max(curves[0], key=lambda t: ((curves[0][t] + curves[1][t]) / 2, -abs(t - 0.5)))
+    assert combined["threshold"] == pytest.approx(best)
+    assert combined["mean_f1_tol"] == pytest.approx((curves[0][best] + curves[1][best]) / 2)
+    card = load_card(model)
+    assert card.threshold == combined["threshold"] and card.inference == "native"
+    assert card.metrics["a+b:val@native"]["sets"]["b"]["f1_tol"] == pytest.approx(curves[1][best])
+    assert card.metrics["b:val@native"]["threshold"] == combined["threshold"]
+    far = per["a"]["false_positives"]["far_from_crack"]
+    assert far["pixels"] > 0 and 0.0 <= far["rate"] <= 1.0 and far["flagged"] == round(far["rate"] * far["pixels"])
+    syn = combined["false_positives"]["synthetic_crack_free"]
+    assert syn["frames"] == 7 and set(syn["by_kind"]) == set(__import__("trainer.augment").augment.DISTRACTORS)
+    assert 0.0 <= syn["pixel_rate"] <= 1.0 and 0.0 <= syn["frame_rate"] <= 1.0

@@ -384,17 +384,17 @@ def pick(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def time_cpu(onnx: Path, image: Path, size: int, runs: int, warmup: int, threads: int) -> dict[str, Any]:
     """Median ms of one 1x3xSxS frame through the daemon's ONNX Runtime backend, CPU provider only."""
-    import cv2
     import onnxruntime as ort
 
     from edge.backends.base import create_backend
     from models.card import load_card
-    from trainer.data import normalise, read_image
+    from models.preprocess import Preprocessor
+    from trainer.data import read_image
 
-    backend = create_backend("onnxruntime", onnx, load_card(onnx), threads=threads,
-                             providers=["CPUExecutionProvider"])
+    card = load_card(onnx)
+    backend = create_backend("onnxruntime", onnx, card, threads=threads, providers=["CPUExecutionProvider"])
     backend.load()
-    x = normalise(cv2.resize(read_image(image), (size, size), interpolation=cv2.INTER_LINEAR))[None]
+    x = Preprocessor(card, (size, size))(read_image(image))[0].copy()  # the daemon's own frame
     try:
         for _ in range(warmup):
             backend.infer(x)
