@@ -176,15 +176,6 @@ def dilate(mask: np.ndarray, kernel: int, iterations: int) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), k, iterations=iterations) > 0
 
 
-def normalise(bgr: np.ndarray, spec: InputSpec | None = None) -> np.ndarray:
-    """HxWx3 uint8 BGR -> 3xHxW float32 as ``spec`` says (default: the default variant's registry entry).
-
-    A thin user of :func:`models.preprocess.normalise`, kept for trainer/engine.py and
-    `crack-train ablation` until they feed frames through :class:`models.preprocess.Preprocessor`.
-    """
-    return _normalise(bgr, spec or variant_defaults(DEFAULT_VARIANT))
-
-
 @dataclass
 class CropConfig:
     """What a training sample looks like; filled from the run's settings."""
