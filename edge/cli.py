@@ -163,6 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         loader.probe_model(model)
         info = model.backend.describe()
         shape = loader.probe_source(cfg, spec)
+        ground = _check_ground(cfg)
     except loader.StartupError as e:
         print(f"crack-edge: {e}", file=sys.stderr)
         return e.code
@@ -175,7 +176,25 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"size={model.size} threshold={model.threshold}")
     print(f"source ok: {spec.kind} {spec.target} frame={shape[1]}x{shape[0]}")
     print(f"position ok: {cfg.position.kind}" + ("" if position is None else f" ({type(position).__name__})"))
+    if ground is None:
+        print("ground: not calibrated: measures in pixels only (crack-edge calibrate)")
+    else:
+        w, h = ground.image_size
+        fits = ground.fits(shape[1], shape[0])
+        print(f"ground ok: calibrated at {w}x{h}" + ("" if fits else f"; the source's {shape[1]}x{shape[0]} "
+              "frames have another aspect, so they are measured in pixels only"))
     return exits.OK
+
+
+def _check_ground(cfg: Any) -> Any:
+    """The calibration ``run`` would measure with (None without one); a bad one stops like ``run``."""
+    from edge import loader
+    from edge.measure import Ground, GroundError
+
+    try:
+        return Ground.from_config(cfg.ground)
+    except GroundError as e:
+        raise loader.StartupError(f"ground: {e}", exits.CONFIG) from None
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -217,6 +217,25 @@ def test_calibrated_daemon_run_feeds_the_report(student_onnx, small_video, tmp_p
     assert surveyed > 0
 
 
+def test_check_says_whether_the_source_is_measured_in_mm(student_onnx, small_video, tmp_path) -> None:
+    def check(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "check", "--model", str(student_onnx), "--backend",
+                               "onnxruntime", "--source", str(small_video), *extra], cwd=REPO, capture_output=True,
+                              text=True, timeout=120)
+
+    p = check()
+    assert p.returncode == exits.OK, p.stderr
+    assert "ground: not calibrated" in p.stdout
+    for size, fits in (("96, 64", True), ("640, 640", False)):   # the clip is 96x64
+        cfg = tmp_path / f"{fits}.toml"
+        cfg.write_text(f"[ground]\nhomography = {square_on(5.0, (96, 64), y_near=2.0).tolist()}\n"
+                       f"image_size = [{size}]\n")
+        p = check("--config", str(cfg))
+        assert p.returncode == exits.OK, p.stderr
+        assert "ground ok: calibrated at" in p.stdout
+        assert ("measured in pixels only" in p.stdout) is not fits, p.stdout
+
+
 def test_daemon_refuses_a_calibration_behind_the_camera(tmp_path) -> None:
     """A hand-edited [ground] whose horizon crosses the image: crack-edge check (as run) stops with 78."""
     cfg = tmp_path / "c.toml"
