@@ -131,8 +131,13 @@ def session(device: str = "auto", timeout_s: float = 1800.0) -> Iterator[World]:
              backend, w.rank, w.size, w.local_rank, dev)
     try:
         yield w
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leave together: a rank that tears gloo down while another still talks to it can abort in
+    # C++ ("terminate called without an active exception", SIGABRT; seen once in CI).
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:
