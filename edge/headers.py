@@ -284,8 +284,17 @@ class Record(Mapping[str, Any]):
 def _record(cls: type) -> type:
     """Frozen, keyword-only, mapping equality (a record equals the dict it was read from).
 
-    The InitVar ``_where`` only prefixes error messages with the path of a nested record.
+    Every record gets the same three last fields, added here rather than written in each class:
+    ``extra`` (undeclared fields, kept), ``_unset`` (declared fields that were absent) and the
+    InitVar ``_where``, which only prefixes error messages with the path of a nested record.
     """
+    own = cls.__dict__.get("__annotations__", {})
+    own.update({"extra": Mapping[str, Any], "_unset": frozenset[str], "_where": InitVar[str]})
+    cls.__annotations__ = own
+    cls.extra = field(default_factory=dict, repr=False)  # type: ignore[attr-defined]
+    cls._unset = field(default=frozenset(), init=False, repr=False)  # type: ignore[attr-defined]
+    cls._where = ""  # type: ignore[attr-defined]
+    cls.__post_init__ = _post_init  # type: ignore[attr-defined]
     cls = dataclass(frozen=True, eq=False, kw_only=True)(cls)
     specs: dict[str, Spec] = {f.name: f.metadata["wire"] for f in fields(cls) if "wire" in f.metadata}
     cls.SPECS = specs  # type: ignore[attr-defined]
@@ -318,11 +327,6 @@ class Position(Record):
     heading_deg: float | None = _f(_NUM, check=_between(0.0, 360.0), default=UNSET)
     quality: str | None = _f(str, default=UNSET)
     age_s: float | None = _f(_NUM, default=UNSET)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
 
 @_record
@@ -334,11 +338,6 @@ class PositionStatus(Record):
     fixes: int | None = _f(int, check=_count, default=UNSET)
     satellites: int | None = _f(int, check=_count, default=UNSET)
     last_fix_age_s: float | None = _f(_NUM, default=UNSET)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
 
 @_record
@@ -349,11 +348,6 @@ class Ground(Record):
     crack_area_m2: float | None = _f(_NUM, default=UNSET)
     surveyed_area_m2: float | None = _f(_NUM, default=UNSET)
     footprint_m: list[list[float]] | None = _f(_LIST, check=_numbers(0, MAX_FOOTPRINT_POINTS, depth=2), default=UNSET)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
 
 @_record
@@ -369,11 +363,6 @@ class Crack(Record):
     area_m2: float | None = _f(_NUM, default=UNSET)
     centroid_m: list[float] | None = _f(_LIST, check=_numbers(2, 2), default=UNSET)
     severity: str | None = _f(str, default=UNSET)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
 
 # ---------------------------------------------------------------- the headers
@@ -407,11 +396,6 @@ class MaskHeader(Record):
     schema: int = _f(int, True, default=SCHEMA)
     kind: str = _f(str, True, default="mask")
     has_frame: bool = _f(bool, True, default=False)
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
     def _after_check(self) -> None:
         _check_kind(self)
@@ -448,11 +432,6 @@ class StatusHeader(Record):
     history_stats: Mapping[str, Any] | None = _f(dict, check=_plain_object)
     schema: int = _f(int, True, default=SCHEMA)
     kind: str = _f(str, True, default="status")
-    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
-    _unset: frozenset[str] = field(default=frozenset(), init=False, repr=False)
-    _where: InitVar[str] = ""
-
-    __post_init__ = _post_init
 
     def _after_check(self) -> None:
         _check_kind(self)
