@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from edge.processing import CrackMeasures, thin
+from edge.processing import CrackMeasures, components, thin
 from edge.wire import MAX_CRACKS   # the wire's limit on the cracks listed: the largest first
 
 FORWARDS = {"+y": (0.0, 1.0), "-y": (0.0, -1.0), "+x": (1.0, 0.0), "-x": (-1.0, 0.0)}
@@ -353,32 +353,20 @@ def measure_mask(mask: np.ndarray, min_component_px: int = 5, ground: Ground | N
     the cracks (largest first, at most MAX_CRACKS) and, with a calibration, the ground totals."""
     mh, mw = mask.shape
     view = ground.view(mw, mh) if ground is not None else None
-    total = mask.size
-    on = cv2.countNonZero(mask)
     empty_ground = None if view is None else {
         "crack_length_m": 0.0, "crack_max_width_mm": 0.0, "crack_area_m2": 0.0,
         "surveyed_area_m2": view.surveyed_area_m2, "footprint_m": view.footprint_m}
-    if on == 0:
-        return Measured(CrackMeasures(0.0, 0, 0.0, 0.0), [], empty_ground)
-    bx, by, bw, bh = cv2.boundingRect(mask)
-    roi = np.zeros((bh + 2, bw + 2), np.uint8)
-    roi[1:-1, 1:-1] = mask[by:by + bh, bx:bx + bw]
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(roi, connectivity=8)
-    keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_component_px) + 1
-    if len(keep) == 0:
-        return Measured(CrackMeasures(on / total, 0, 0.0, 0.0), [], empty_ground)
-    if len(keep) < n - 1:
-        kept = np.zeros(n, bool)
-        kept[keep] = True
-        labels = np.where(kept[labels], labels, 0)
-        roi = np.where(labels > 0, np.uint8(255), np.uint8(0))
+    comp = components(mask, min_component_px)
+    if comp.count == 0:
+        return Measured(CrackMeasures(comp.ratio, 0, 0.0, 0.0), [], empty_ground)
+    n, labels, roi, keep, stats = comp.n, comp.labels, comp.roi, comp.keep, comp.stats
     dist = cv2.distanceTransform(roi, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     skel = thin(roi)
-    pixels = CrackMeasures(on / total, int(len(keep)), float(cv2.countNonZero(skel)),
+    pixels = CrackMeasures(comp.ratio, comp.count, float(cv2.countNonZero(skel)),
                            round(max(1.0, 2.0 * float(dist.max()) - 1.0), 2))
 
     # Per component, vectorised over pixels with bincount (a noisy mask may have hundreds).
-    ox, oy = bx - 1, by - 1                       # crop -> mask coordinates
+    ox, oy = comp.origin                          # crop -> mask coordinates
     py, px = np.nonzero(labels)
     plab = labels[py, px]
     sy, sx = np.nonzero(skel)

@@ -107,12 +107,25 @@ def skeleton_length(mask: np.ndarray, dense: bool | None = None) -> int:
     return int(cv2.countNonZero(thin(mask, dense)))
 
 
-def measure(mask: np.ndarray, min_component_px: int = 5) -> CrackMeasures:
-    """Pixel ratio, number of cracks, length and maximum width (pixels) of a 0/255 mask."""
+@dataclass(frozen=True)
+class Components:
+    """The 8-connected crack regions of a mask that are kept, in a crop around them."""
+    ratio: float          # crack pixels / all pixels of the mask (the kept and the dropped)
+    count: int            # regions of at least min_component_px pixels; 0: nothing else is set
+    origin: tuple[int, int] = (0, 0)   # the crop's (x, y) in the mask
+    n: int = 0            # labels in the crop, background 0 included
+    labels: np.ndarray | None = None   # int32 crop labels, 0 where background or a dropped region
+    roi: np.ndarray | None = None      # 0/255 uint8 of the kept regions
+    keep: np.ndarray | None = None     # the kept labels
+    stats: np.ndarray | None = None    # cv2.connectedComponentsWithStats' stats, per label, in the crop
+
+
+def components(mask: np.ndarray, min_component_px: int = 5) -> Components:
+    """The regions :func:`measure` and ``edge.measure.measure_mask`` measure, found once."""
     total = mask.size
     on = cv2.countNonZero(mask)
     if on == 0:
-        return CrackMeasures(0.0, 0, 0.0, 0.0)
+        return Components(0.0, 0)
     x, y, w, h = cv2.boundingRect(mask)
     # One pixel of background around the crop so the distance transform sees the border.
     roi = np.zeros((h + 2, w + 2), np.uint8)
@@ -120,10 +133,21 @@ def measure(mask: np.ndarray, min_component_px: int = 5) -> CrackMeasures:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(roi, connectivity=8)
     keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_component_px) + 1
     if len(keep) == 0:
-        return CrackMeasures(on / total, 0, 0.0, 0.0)
+        return Components(on / total, 0)
     if len(keep) < n - 1:
-        roi = np.where(np.isin(labels, keep), np.uint8(255), np.uint8(0))
-    dist = cv2.distanceTransform(roi, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    length = float(skeleton_length(roi))
+        kept = np.zeros(n, bool)
+        kept[keep] = True
+        labels = np.where(kept[labels], labels, 0)
+        roi = np.where(labels > 0, np.uint8(255), np.uint8(0))
+    return Components(on / total, int(len(keep)), (x - 1, y - 1), n, labels, roi, keep, stats)
+
+
+def measure(mask: np.ndarray, min_component_px: int = 5) -> CrackMeasures:
+    """Pixel ratio, number of cracks, length and maximum width (pixels) of a 0/255 mask."""
+    c = components(mask, min_component_px)
+    if c.count == 0:
+        return CrackMeasures(c.ratio, 0, 0.0, 0.0)
+    dist = cv2.distanceTransform(c.roi, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    length = float(skeleton_length(c.roi))
     width = max(1.0, 2.0 * float(dist.max()) - 1.0)
-    return CrackMeasures(on / total, int(len(keep)), length, round(width, 2))
+    return CrackMeasures(c.ratio, c.count, length, round(width, 2))
