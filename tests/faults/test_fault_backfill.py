@@ -18,16 +18,13 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import zmq.auth
 
 from edge.recording import read_in_seq_order, read_records
-from faultkit import VEHICLE, log_times, stop_process, wait_for, write_clip
+from faultkit import VEHICLE, NetnsPair, log_times, require_netns, sh, stop_process, wait_for, write_clip
 from viewer.backfill import mask_key
 
 FULL = os.environ.get("CRACK_FAULT_FULL") == "1"
@@ -44,56 +41,17 @@ PUB, HIST = 5555, 5556
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=20)
 
-
-class Rig:
+class Rig(NetnsPair):
     """Two namespaces; the daemon (recording, history) in one, the desktop recorder in the other."""
 
     def __init__(self, root: Path, model: Path) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.root, self.model = root, model
-        self.ns_d, self.ns_v = f"bfd{tag}", f"bfv{tag}"
-        self.if_d, self.if_v = f"bd{tag}", f"bv{tag}"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.logs: list = []
-        self.made_ns: list[str] = []
-        for ns in (self.ns_d, self.ns_v):
-            sh("ip", "netns", "add", ns)
-            self.made_ns.append(ns)
-        sh("ip", "link", "add", self.if_d, "type", "veth", "peer", "name", self.if_v)
-        for ns, dev, addr in ((self.ns_d, self.if_d, D_ADDR), (self.ns_v, self.if_v, V_ADDR)):
-            sh("ip", "link", "set", dev, "netns", ns)
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        super().__init__(root, "bf", D_ADDR, V_ADDR)
+        self.model = model
         self.clip = write_clip(root / "clip.mp4", 40, fps=FPS)
-        keys, authorized = root / "keys", root / "authorized"
-        keys.mkdir()
-        authorized.mkdir()
-        zmq.auth.create_certificates(str(keys), "daemon")
-        zmq.auth.create_certificates(str(keys), "viewer")
-        for secret in keys.glob("*.key_secret"):
-            secret.chmod(0o600)
-        shutil.copy(keys / "viewer.key", authorized / "viewer.key")
-        self.client = ["--server-key", str(keys / "daemon.key"), "--key", str(keys / "viewer.key_secret")]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CRACK_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(root / "cache")})
-        self.env = env
-        self.denv = {**env, "CRACK_EDGE_SECURITY__SECRET_KEY": str(keys / "daemon.key_secret"),
-                     "CRACK_EDGE_SECURITY__AUTHORIZED_KEYS": str(authorized),
-                     "CRACK_EDGE_HISTORY__RATE_BYTES_PER_S": str(HISTORY_RATE)}
+        self.denv["CRACK_EDGE_HISTORY__RATE_BYTES_PER_S"] = str(HISTORY_RATE)
         self.vehicle_rec = root / "vehicle"
         self.desk_rec = root / "desk"
-
-    def spawn(self, ns: str, name: str, env: dict, module: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")
-        self.logs.append(log)
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", module, *args],
-                             cwd=Path(__file__).parents[2], env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs[name] = p
-        return p
 
     def start_daemon(self) -> None:
         self.spawn(self.ns_d, "daemon", self.denv, "edge.cli", "run", "--source", str(self.clip), "--pace", "--loop",
@@ -124,28 +82,10 @@ class Rig:
     def stop(self, name: str) -> None:
         stop_process(self.procs[name])
 
-    def close(self) -> None:
-        for p in reversed(list(self.procs.values())):
-            stop_process(p)
-        for f in self.logs:
-            f.close()
-        for ns in self.made_ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
-
 
 @pytest.fixture
 def rig(student_onnx, tmp_path):
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        reason = "network namespaces need root and iproute2 (ip): skipped"
-        print(reason)
-        pytest.skip(reason)
-    probe = f"bfprobe{os.getpid() % 100000}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        reason = f"cannot create a network namespace here: {r.stderr.strip()}"
-        print(reason)
-        pytest.skip(reason)
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    require_netns("bf")
     rig = Rig(tmp_path, student_onnx)
     try:
         yield rig

@@ -11,19 +11,15 @@ with CurveZMQ as it would be between machines, so every reconnection redoes the 
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import zmq.auth
 
 from edge import wire
 from edge.recording import read_records
-from faultkit import VEHICLE, line_time, log_times, stop_process, wait_for, write_clip
+from faultkit import VEHICLE, NetnsPair, line_time, log_times, require_netns, sh, wait_for, write_clip
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
@@ -35,74 +31,33 @@ FPS = 10.0
 D_ADDR, V_ADDR = "10.213.0.1", "10.213.0.2"
 
 
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, timeout=20)
-
-
-class Rig:
+class Rig(NetnsPair):
     """Two namespaces, a daemon and a recorder in one, a viewer in the other."""
 
     def __init__(self, root: Path, model: Path) -> None:
-        tag = f"{os.getpid() % 100000}"
-        self.root = root
-        self.ns_d, self.ns_v = f"crackd{tag}", f"crackv{tag}"
-        self.if_d, self.if_v = f"cd{tag}", f"cv{tag}"
-        self.procs: list[subprocess.Popen] = []
-        self.logs: list = []
-        self.made_ns: list[str] = []
-        for ns in (self.ns_d, self.ns_v):
-            sh("ip", "netns", "add", ns)
-            self.made_ns.append(ns)
-        sh("ip", "link", "add", self.if_d, "type", "veth", "peer", "name", self.if_v)
-        for ns, dev, addr in ((self.ns_d, self.if_d, D_ADDR), (self.ns_v, self.if_v, V_ADDR)):
-            sh("ip", "link", "set", dev, "netns", ns)
-            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        super().__init__(root, "crack", D_ADDR, V_ADDR)
         port = 5555
         clip = write_clip(root / "clip.mp4", 40, fps=FPS)
-        # As on a real network: CurveZMQ, the daemon a server, viewer and recorder authorised clients.
-        keys, authorized = root / "keys", root / "authorized"
-        keys.mkdir()
-        authorized.mkdir()
-        zmq.auth.create_certificates(str(keys), "daemon")
-        zmq.auth.create_certificates(str(keys), "viewer")
-        for secret in keys.glob("*.key_secret"):
-            secret.chmod(0o600)
-        shutil.copy(keys / "viewer.key", authorized / "viewer.key")
-        client = ["--server-key", str(keys / "daemon.key"), "--key", str(keys / "viewer.key_secret")]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CRACK_", "NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(root / "cache")})
-        denv = {**env, "CRACK_EDGE_SECURITY__SECRET_KEY": str(keys / "daemon.key_secret"),
-                "CRACK_EDGE_SECURITY__AUTHORIZED_KEYS": str(authorized)}
-        self.daemon = self.spawn(self.ns_d, "daemon", denv, "edge.cli", "run", "--source", str(clip), "--pace",
+        self.daemon = self.spawn(self.ns_d, "daemon", self.denv, "edge.cli", "run", "--source", str(clip), "--pace",
                                  "--model", str(model), "--backend", "onnxruntime", "--threads", "1",
                                  "--inference-size", "64x64", "--vehicle-id", VEHICLE,
                                  "--publish", f"tcp://0.0.0.0:{port}")
         self.recording = root / "recording"
-        self.recorder = self.spawn(self.ns_d, "recorder", env, "viewer.cli", "record", "--connect",
-                                   f"tcp://127.0.0.1:{port}", "--out", str(self.recording), *client)
+        self.recorder = self.spawn(self.ns_d, "recorder", self.env, "viewer.cli", "record", "--connect",
+                                   f"tcp://127.0.0.1:{port}", "--out", str(self.recording), *self.client)
         self.viewer_out = root / "viewer"
-        self.viewer = self.spawn(self.ns_v, "viewer", env, "viewer.cli", "watch", "--headless", "--out",
+        self.viewer = self.spawn(self.ns_v, "viewer", self.env, "viewer.cli", "watch", "--headless", "--out",
                                  str(self.viewer_out), "--connect", f"tcp://{D_ADDR}:{port}",
                                  "--stale-after", str(STALE_AFTER_S), "--tile-width", "160", "--refresh-hz", "10",
-                                 *client)
+                                 *self.client)
         self.viewer_log = root / "viewer.log"
-
-    def spawn(self, ns: str, name: str, env: dict, module: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "wb")
-        self.logs.append(log)
-        p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", module, *args], cwd=Path(__file__).parents[2],
-                             env=env, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        return p
 
     def viewer_frames(self) -> int:
         f = self.viewer_out / "frames.jsonl"
         return len(f.read_text().splitlines()) if f.exists() else 0
 
     def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs)
+        return all(p.poll() is None for p in self.procs.values())
 
     def masks_published(self) -> list[dict]:
         """Mask headers the local recorder got (the daemon's own loopback: unaffected by the partition)."""
@@ -113,28 +68,11 @@ class Rig:
                 out.append(header)
         return out
 
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            stop_process(p)
-        for f in self.logs:
-            f.close()
-        for ns in self.made_ns:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
 @pytest.fixture(scope="module")
 def rig(student_onnx, tmp_path_factory):
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        reason = "network namespaces need root and iproute2 (ip): skipped"
-        print(reason)
-        pytest.skip(reason)
-    probe = f"crackprobe{os.getpid() % 100000}"
-    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
-    if r.returncode != 0:
-        reason = f"cannot create a network namespace here: {r.stderr.strip()}"
-        print(reason)
-        pytest.skip(reason)
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    require_netns("crack")
     rig = Rig(tmp_path_factory.mktemp("partition"), student_onnx)
     try:
         assert wait_for(lambda: rig.viewer_frames() >= 10 or not rig.alive(), timeout=60) and rig.alive(), \
@@ -157,7 +95,7 @@ def publish_rate(headers: list[dict], t0: float, t1: float) -> list[int]:
 def partition(rig: Rig, cut, restore, hold_s: float, case: str, figures) -> None:
     # Five seconds of recorded traffic first: the baseline of the publish rate.
     assert wait_for(lambda: (h := rig.masks_published()) and time.time() - h[0]["t_publish"] > 6, 20, step=0.5)
-    pids = [p.pid for p in rig.procs]
+    pids = [p.pid for p in rig.procs.values()]
     frames_before = rig.viewer_frames()
     t_cut = time.time()
     cut()
@@ -167,7 +105,7 @@ def partition(rig: Rig, cut, restore, hold_s: float, case: str, figures) -> None
     resumed = wait_for(lambda: [t for t in log_times(rig.root / "viewer.log", "event=vehicle_resumed") if t > t_restore],
                        timeout=RESUME_LIMIT_S + 5)
     time.sleep(1.0)  # a second of traffic after the return, for the rate figures
-    assert rig.alive() and [p.pid for p in rig.procs] == pids, "a process died or restarted"
+    assert rig.alive() and [p.pid for p in rig.procs.values()] == pids, "a process died or restarted"
     log = (rig.root / "viewer.log").read_text()
     assert resumed, f"the viewer did not resume within {RESUME_LIMIT_S + 5} s of the network's return:\n{log[-3000:]}"
     stale = [t for t in log_times(rig.root / "viewer.log", "event=vehicle_stale") if t > t_cut]
