@@ -105,7 +105,7 @@ def cmd_student(ns: argparse.Namespace) -> int:
 
 def cmd_labels(ns: argparse.Namespace) -> int:
     from trainer import distributed
-    from trainer.labels import generate_labels
+    from trainer.labels import generate_label_sets
     from trainer.loop import pick_device
     from trainer.sets import train_pair_sets
 
@@ -115,10 +115,14 @@ def cmd_labels(ns: argparse.Namespace) -> int:
 
         torch.set_num_threads(cfg.threads)
     pairs = [p for pairs, _ in train_pair_sets(cfg) for p in pairs]
+    temps = list(dict.fromkeys(ns.temperature))
+    # One T writes into --out itself (as before); several write --out/T5, --out/T10, ...
+    targets = {temps[0]: ns.out} if len(temps) == 1 else {t: ns.out / f"T{t:g}" for t in temps}
     with distributed.session(cfg.device, cfg.dist_timeout) as world:
-        path = generate_labels(ns.teacher_ckpt, pairs, ns.temperature, ns.out, pick_device(cfg.device))
+        paths = generate_label_sets(ns.teacher_ckpt, pairs, targets, pick_device(cfg.device), flips=ns.flips)
     if world.is_main:
-        print(f"{len(pairs)} images labelled at T={ns.temperature:g}: {path}")
+        for t, path in zip(targets, paths):
+            print(f"{len(pairs)} images labelled at T={t:g}{' (mean over flips)' if ns.flips else ''}: {path}")
     return 0
 
 
@@ -283,7 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("labels", help="step 2: soft labels from a trained teacher")
     p.add_argument("--teacher-ckpt", dest="teacher_ckpt", type=Path, required=True, help="teacher checkpoint (best.pt)")
-    p.add_argument("--temperature", "-T", type=float, default=10.0, help="softmax temperature T (published best: 10)")
+    p.add_argument("--temperature", "-T", type=float, nargs="+", default=[10.0],
+                   help="softmax temperature T (published best: 10); several from one teacher pass go to OUT/T<t>")
+    p.add_argument("--flips", action="store_true", help=(
+        "average the teacher's logits over horizontal and vertical flips first (the born-again teacher)"))
     p.add_argument("--out", type=Path, required=True, help="folder for the labels and manifest.json")
     _add_settings_flags(p, skip=("labels", "teacher", "kd", "temperatures", "t_real", "alpha", "resume", "run_dir"))
     p.set_defaults(func=cmd_labels)

@@ -1,7 +1,8 @@
 """Step 2: the teacher's soft labels, written once as a distillation dataset.
 
 For every training image the teacher's four attention-gated logits (h, x, y, mix) are divided by T
-and passed through the softmax; each crack probability is saved as an 8-bit grey PNG at the image's
+and passed through the softmax (several T from one pass; optionally the logits are first averaged over
+flips, the born-again teacher of the reference's ablation); each crack probability is saved as an 8-bit grey PNG at the image's
 own size (predicted at native size through the daemon's pre-processing, :mod:`models.preprocess`,
 with the teacher variant's normalisation).  ``manifest.json`` records the
 teacher checkpoint and its SHA-256, T, and every image with its SHA-256, so step 3 refuses labels
@@ -54,49 +55,83 @@ def label_paths(out_dir: Path, pair: Pair) -> list[Path]:
     return [out_dir / pair.dataset / f"{pair.name}_{o}.png" for o in OUTPUTS]
 
 
-def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature: float, out_dir: str | Path,
-                    device: str = "cpu") -> Path:
-    """Write the soft labels of ``pairs`` and their manifest under ``out_dir``; returns the manifest."""
+def _teacher_logits(net, x, device: str, flips: bool) -> dict:
+    """The teacher's logits for one pre-processed image; with ``flips`` the mean over the identity,
+    horizontal, vertical and both flips, each un-flipped first (one batch of four)."""
     import torch
+
+    t = torch.from_numpy(x).to(device)
+    if not flips:
+        with torch.inference_mode():
+            return {k: v.float() for k, v in net(t).items() if k in OUTPUTS}
+    dims = ((), (3,), (2,), (2, 3))
+    batch = torch.cat([t.flip(d) if d else t for d in dims])
+    with torch.inference_mode():
+        outs = net(batch)
+    return {k: torch.stack([outs[k][i:i + 1].float().flip(d) if d else outs[k][i:i + 1].float()
+                            for i, d in enumerate(dims)]).mean(0) for k in OUTPUTS}
+
+
+def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature: float, out_dir: str | Path,
+                    device: str = "cpu", flips: bool = False) -> Path:
+    """Write the soft labels of ``pairs`` and their manifest under ``out_dir``; returns the manifest."""
+    return generate_label_sets(teacher_ckpt, pairs, {temperature: Path(out_dir)}, device, flips)[0]
+
+
+def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets: dict[float, Path],
+                        device: str = "cpu", flips: bool = False) -> list[Path]:
+    """Soft labels at several temperatures from one teacher pass: ``targets`` maps T to its folder.
+
+    The logits do not depend on T, so every image is run once (four times with ``flips``: the
+    born-again teacher averaged over flips) and divided by each T.  Returns the manifests in order.
+    """
     import torch.nn.functional as F
 
     from trainer import distributed
 
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    out_dir = Path(out_dir)
+    if not targets or any(t <= 0 for t in targets):
+        raise ValueError(f"temperatures must be > 0, got {sorted(targets)}")
     net, meta = load_checkpoint(teacher_ckpt, device)
     pre = Preprocessor(variant_defaults(meta["arch"]), "native")
-    entries = []
+    entries: dict[float, list] = {t: [] for t in targets}
     t0 = time.monotonic()
     mine = distributed.share(list(enumerate(pairs)))  # all of them in one process
     for done, (index, pair) in enumerate(mine, 1):
         img = read_image(pair.image)
         h, w = img.shape[:2]
         x, _ = pre(img)
-        with torch.inference_mode():
-            outs = net(torch.from_numpy(x).to(device))
-        files = label_paths(out_dir, pair)
-        files[0].parent.mkdir(parents=True, exist_ok=True)
-        for name, f in zip(OUTPUTS, files):
-            p = F.softmax(outs[name].float() / temperature, dim=1)[0, 0, :h, :w].cpu().numpy()
-            cv2.imwrite(str(f), np.round(p * 255).astype(np.uint8))
-        entries.append((index, {"image": str(pair.image.resolve()), "sha256": sha256_file(pair.image),
-                                "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]}))
-        log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f", pair.image.name, done, len(mine),
-                 time.monotonic() - t0)
-    path = out_dir / MANIFEST
-    everyone = distributed.gather(entries)  # also the barrier: every rank's files are written
-    if everyone is not None:
-        _write_manifest(path, teacher_ckpt, meta, temperature, [e for _, e in sorted(sum(everyone, []),
-                                                                                     key=lambda ie: ie[0])])
-    distributed.barrier()  # no rank returns before the manifest exists
-    return path
+        logits = _teacher_logits(net, x, device, flips)
+        digest = sha256_file(pair.image)
+        for temperature, out_dir in targets.items():
+            files = label_paths(out_dir, pair)
+            files[0].parent.mkdir(parents=True, exist_ok=True)
+            for name, f in zip(OUTPUTS, files):
+                p = F.softmax(logits[name] / temperature, dim=1)[0, 0, :h, :w].cpu().numpy()
+                cv2.imwrite(str(f), np.round(p * 255).astype(np.uint8))
+            entries[temperature].append((index, {"image": str(pair.image.resolve()), "sha256": digest,
+                                                 "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]}))
+        if done % 50 == 0 or done == len(mine):
+            log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f temperatures=%s flips=%s",
+                     pair.image.name, done, len(mine), time.monotonic() - t0,
+                     ",".join(f"{t:g}" for t in targets), flips)
+    paths = []
+    for temperature, out_dir in targets.items():
+        path = out_dir / MANIFEST
+        everyone = distributed.gather(entries[temperature])  # also the barrier: every rank's files are written
+        if everyone is not None:
+            _write_manifest(path, teacher_ckpt, meta, temperature, [e for _, e in sorted(sum(everyone, []),
+                                                                                         key=lambda ie: ie[0])],
+                            flips)
+        paths.append(path)
+    distributed.barrier()  # no rank returns before the manifests exist
+    return paths
 
 
-def _write_manifest(path: Path, teacher_ckpt: str | Path, meta: dict, temperature: float, entries: list[dict]) -> None:
+def _write_manifest(path: Path, teacher_ckpt: str | Path, meta: dict, temperature: float, entries: list[dict],
+                    flips: bool = False) -> None:
     manifest = {"version": 1, "teacher": str(Path(teacher_ckpt).resolve()),
                 "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
+                "teacher_tta": "mean over h/v flips" if flips else "none",
                 "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # the manifest is what marks the set complete: never half-written

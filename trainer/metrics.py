@@ -27,7 +27,8 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+# 0.05 steps, then finer above 0.95: thin-crack models often peak there (picks sat at 0.95, the old edge).
+DEFAULT_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05)) + (0.96, 0.97, 0.98, 0.99)
 
 DEFINITIONS = {
     "strict": "pixel precision/recall/F1/IoU at the threshold, counts summed over the set, raw ground truth",

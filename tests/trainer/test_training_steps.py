@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -191,3 +192,48 @@ def test_teacher_labels_and_distilled_student(make_dataset, tmp_path, train_argv
     image.write_bytes(image.read_bytes() + b"\0")  # same pixels, other bytes: the hash no longer matches
     assert main(["student", *train_argv(tiny_data, tmp_path / "s5", "--labels", str(labels), "--epochs", "1")]) == 65
     assert "changed since its soft labels were made" in capsys.readouterr().err
+
+
+def _logit(png: np.ndarray) -> np.ndarray:
+    p = np.clip(png.astype(np.float64) / 255.0, 1 / 255, 254 / 255)
+    return np.log(p / (1 - p))
+
+
+def test_born_again_labels_at_several_temperatures_from_one_pass(make_dataset, tmp_path, student_run, capsys):
+    # The plain student as its own teacher, averaged over flips: image 1 is image 0 mirrored, so its
+    # flip-averaged labels must be image 0's labels mirrored (a single forward is not mirror-symmetric).
+    data = make_dataset(tmp_path / "mirror", n=4, size=(48, 64), seed=3)
+    img = cv2.imread(str(data / "images" / "000.jpg"))
+    for name, pixels in (("000", img), ("001", cv2.flip(img, 1))):  # lossless, so the mirror is exact
+        (data / "images" / f"{name}.jpg").unlink()
+        cv2.imwrite(str(data / "images" / f"{name}.png"), pixels)
+    mask = cv2.imread(str(data / "masks" / "000.png"), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(data / "masks" / "001.png"), cv2.flip(mask, 1))
+    (data / "split.json").write_text(json.dumps({"train": ["000", "001", "002", "003"], "test": []}))
+    data_args = ["--data", f"{data}:train", "--val-fraction", "0.25", "--val-seed", "5", "--device", "cpu",
+                 "--threads", "2"]
+    out = tmp_path / "labels"
+    for flips, folder in ((["--flips"], out), ([], tmp_path / "plain")):
+        assert main(["labels", "--teacher-ckpt", str(student_run / "best.pt"), "-T", "5", "15",
+                     "--out", str(folder), *flips, *data_args]) == 0
+    said = capsys.readouterr().out
+    assert "at T=5 (mean over flips)" in said and "at T=15 (mean over flips)" in said
+    m5, m15 = (json.loads((out / f"T{t}" / "manifest.json").read_text()) for t in (5, 15))
+    assert (m5["temperature"], m15["temperature"]) == (5.0, 15.0)
+    assert m5["teacher_tta"] == "mean over h/v flips" and m5["teacher_sha256"] == m15["teacher_sha256"]
+    assert [e["image"] for e in m5["images"]] == [e["image"] for e in m15["images"]]
+
+    def mix(folder: Path, name: str) -> np.ndarray:
+        return cv2.imread(str(folder / data.name / f"{name}_mix.png"), cv2.IMREAD_GRAYSCALE)
+
+    names = {Path(e["image"]).stem for e in m5["images"]}
+    if not {"000", "001"} <= names:
+        pytest.skip("the validation carve took one of the mirrored pair")
+    # One pass: both temperatures come from the same logits (T * logit(p) agrees up to 8-bit rounding).
+    l5, l15 = _logit(mix(out / "T5", "000")) * 5, _logit(mix(out / "T15", "000")) * 15
+    inside = (mix(out / "T15", "000") > 8) & (mix(out / "T15", "000") < 247)
+    assert inside.mean() > 0.5 and np.median(np.abs(l5 - l15)[inside]) < 0.5
+    flipped = np.abs(mix(out / "T5", "001").astype(int) - cv2.flip(mix(out / "T5", "000"), 1).astype(int))
+    single = np.abs(mix(tmp_path / "plain" / "T5", "001").astype(int)
+                    - cv2.flip(mix(tmp_path / "plain" / "T5", "000"), 1).astype(int))
+    assert flipped.max() <= 2 < single.max(), (flipped.max(), single.max())
