@@ -119,7 +119,8 @@ def cmd_labels(ns: argparse.Namespace) -> int:
     # One T writes into --out itself (as before); several write --out/T5, --out/T10, ...
     targets = {temps[0]: ns.out} if len(temps) == 1 else {t: ns.out / f"T{t:g}" for t in temps}
     with distributed.session(cfg.device, cfg.dist_timeout) as world:
-        paths = generate_label_sets(ns.teacher_ckpt, pairs, targets, pick_device(cfg.device), flips=ns.flips)
+        paths = generate_label_sets(ns.teacher_ckpt, pairs, targets, pick_device(cfg.device), flips=ns.flips,
+                                    amp=cfg.amp)
     if world.is_main:
         for t, path in zip(targets, paths):
             print(f"{len(pairs)} images labelled at T={t:g}{' (mean over flips)' if ns.flips else ''}: {path}")

@@ -55,43 +55,50 @@ def label_paths(out_dir: Path, pair: Pair) -> list[Path]:
     return [out_dir / pair.dataset / f"{pair.name}_{o}.png" for o in OUTPUTS]
 
 
-def _teacher_logits(net, x, device: str, flips: bool) -> dict:
+def _teacher_logits(net, x, device: str, flips: bool, prec) -> dict:
     """The teacher's logits for one pre-processed image; with ``flips`` the mean over the identity,
     horizontal, vertical and both flips, each un-flipped first (one batch of four)."""
     import torch
 
     t = torch.from_numpy(x).to(device)
-    if not flips:
-        with torch.inference_mode():
-            return {k: v.float() for k, v in net(t).items() if k in OUTPUTS}
-    dims = ((), (3,), (2,), (2, 3))
+    dims = ((), (3,), (2,), (2, 3)) if flips else ((),)
     batch = torch.cat([t.flip(d) if d else t for d in dims])
-    with torch.inference_mode():
+    if prec.channels_last:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(batch.device.type, dtype=prec.dtype, enabled=prec.autocast):
         outs = net(batch)
     return {k: torch.stack([outs[k][i:i + 1].float().flip(d) if d else outs[k][i:i + 1].float()
                             for i, d in enumerate(dims)]).mean(0) for k in OUTPUTS}
 
 
 def generate_labels(teacher_ckpt: str | Path, pairs: Sequence[Pair], temperature: float, out_dir: str | Path,
-                    device: str = "cpu", flips: bool = False) -> Path:
+                    device: str = "cpu", flips: bool = False, amp: bool = False) -> Path:
     """Write the soft labels of ``pairs`` and their manifest under ``out_dir``; returns the manifest."""
-    return generate_label_sets(teacher_ckpt, pairs, {temperature: Path(out_dir)}, device, flips)[0]
+    return generate_label_sets(teacher_ckpt, pairs, {temperature: Path(out_dir)}, device, flips, amp)[0]
 
 
 def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets: dict[float, Path],
-                        device: str = "cpu", flips: bool = False) -> list[Path]:
+                        device: str = "cpu", flips: bool = False, amp: bool = False) -> list[Path]:
     """Soft labels at several temperatures from one teacher pass: ``targets`` maps T to its folder.
 
     The logits do not depend on T, so every image is run once (four times with ``flips``: the
-    born-again teacher averaged over flips) and divided by each T.  Returns the manifests in order.
+    born-again teacher averaged over flips) and divided by each T.  With ``amp`` the teacher runs as
+    training does (:func:`trainer.loop.choose_precision`: bf16 on CPUs with native bf16, 2.5x faster
+    here); its logits' rounding is far below the labels' 8 bits at T >= 5.  Returns the manifests.
     """
+    import torch
     import torch.nn.functional as F
 
     from trainer import distributed
+    from trainer.loop import choose_precision
 
     if not targets or any(t <= 0 for t in targets):
         raise ValueError(f"temperatures must be > 0, got {sorted(targets)}")
     net, meta = load_checkpoint(teacher_ckpt, device)
+    prec = choose_precision(device, amp)
+    if prec.channels_last:
+        net.to(memory_format=torch.channels_last)
+    log.info("event=soft_labels_start images=%d precision=%s why=%r flips=%s", len(pairs), prec.name, prec.why, flips)
     pre = Preprocessor(variant_defaults(meta["arch"]), "native")
     entries: dict[float, list] = {t: [] for t in targets}
     t0 = time.monotonic()
@@ -100,7 +107,7 @@ def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets
         img = read_image(pair.image)
         h, w = img.shape[:2]
         x, _ = pre(img)
-        logits = _teacher_logits(net, x, device, flips)
+        logits = _teacher_logits(net, x, device, flips, prec)
         digest = sha256_file(pair.image)
         for temperature, out_dir in targets.items():
             files = label_paths(out_dir, pair)
@@ -121,17 +128,17 @@ def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets
         if everyone is not None:
             _write_manifest(path, teacher_ckpt, meta, temperature, [e for _, e in sorted(sum(everyone, []),
                                                                                          key=lambda ie: ie[0])],
-                            flips)
+                            flips, prec.name)
         paths.append(path)
     distributed.barrier()  # no rank returns before the manifests exist
     return paths
 
 
 def _write_manifest(path: Path, teacher_ckpt: str | Path, meta: dict, temperature: float, entries: list[dict],
-                    flips: bool = False) -> None:
+                    flips: bool = False, precision: str = "fp32") -> None:
     manifest = {"version": 1, "teacher": str(Path(teacher_ckpt).resolve()),
                 "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
-                "teacher_tta": "mean over h/v flips" if flips else "none",
+                "teacher_tta": "mean over h/v flips" if flips else "none", "teacher_precision": precision,
                 "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # the manifest is what marks the set complete: never half-written
