@@ -1,23 +1,31 @@
-"""`crack-viewer relay`: many daemons to many viewers through ZeroMQ's own proxy (XSUB -> XPUB).
+"""`crack-viewer relay`: many daemons to many viewers through one XSUB -> XPUB forwarding loop.
 
 A control room connects once, to the relay, instead of to every vehicle.  Subscriptions flow
-upstream through the proxy, so a viewer that asks for ``mask/truck-7`` only gets that topic.
-The proxy runs in a thread; the main thread waits for a signal and stops it through the
-proxy's control socket, so SIGTERM is answered at once.
+upstream through the loop, so a viewer that asks for ``mask/truck-7`` only gets that topic.
+The loop runs in a thread; the main thread waits for a signal and stops it through a control
+socket, so SIGTERM is answered at once.  It is a poll loop rather than ``zmq.proxy_steerable``
+because it also reads the XSUB's monitor: libzmq gives a daemon up for good after a protocol
+error (a frame over MAXMSGSIZE), and the subscriber's :class:`LinkWatch` connects it again.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 import zmq
 
+from common import exits
 from viewer.config import ViewerConfig
-from viewer.sockets import publisher, subscriber
+from viewer.sockets import publisher
+from viewer.subscriber import LOG_EVERY, LOG_FIRST, LinkWatch
 
 log = logging.getLogger(__name__)
+
+POLL_MS = 100      # the longest the loop sleeps: LinkWatch.tick runs at least this often
+BATCH = 256        # messages moved per socket per turn, so one busy side cannot starve the others
 
 
 class RelayApp:
@@ -29,8 +37,9 @@ class RelayApp:
         self.ctx = zmq.Context()
         # Security on both sides: a CURVE client of the daemons, a CURVE server (own authorised
         # folder, same key pair) for the viewers.
-        front = subscriber(self.ctx, self.cfg.connect, rcvhwm=self.cfg.rcvhwm, kind=zmq.XSUB,
-                           curve=self.cfg.client_curve())
+        self.up = LinkWatch(self.ctx, self.cfg.connect, rcvhwm=self.cfg.rcvhwm, kind=zmq.XSUB,
+                            curve=self.cfg.client_curve())
+        front = self.up.sock
         self.curve_server = None
         if self.cfg.relay.authorized_keys is not None:
             from edge.security import CurveServer
@@ -40,7 +49,7 @@ class RelayApp:
         try:
             back = publisher(self.ctx, self.cfg.relay.bind, kind=zmq.XPUB, curve_server=self.curve_server)
         except OSError:
-            front.close()
+            self.up.close()
             if self.curve_server is not None:
                 self.curve_server.close()
             self.ctx.term()
@@ -50,7 +59,9 @@ class RelayApp:
         ctl_server.bind(ctl_addr)
         ctl_client = self.ctx.socket(zmq.PAIR)
         ctl_client.connect(ctl_addr)
-        thread = threading.Thread(target=self._proxy, args=(front, back, ctl_server), name="relay-proxy", daemon=True)
+        self.forwarded = self.subscriptions = self.dropped = 0
+        self.failed = False
+        thread = threading.Thread(target=self._proxy, args=(back, ctl_server), name="relay-proxy", daemon=True)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         thread.start()
         log.info("event=relay_started upstream=%s bind=%s", ",".join(self.cfg.connect), self.cfg.relay.bind)
@@ -62,22 +73,68 @@ class RelayApp:
             thread.join(timeout=5)
             for s, h in old.items():
                 signal.signal(s, h)
-            for sock in (ctl_client, ctl_server, front, back):
+            for sock in (ctl_client, ctl_server, back):
                 sock.close()
+            self.up.close()
             if self.curve_server is not None:
                 self.curve_server.close()
             self.ctx.term()
-            log.info("event=relay_stopped")
-        return 0
+            log.info("event=relay_stopped forwarded=%d subscriptions=%d dropped=%d reconnects=%d",
+                     self.forwarded, self.subscriptions, self.dropped, self.up.reconnects)
+        return exits.SOFTWARE if self.failed else exits.OK
 
-    @staticmethod
-    def _proxy(front: zmq.Socket, back: zmq.Socket, control: zmq.Socket) -> None:
+    def _proxy(self, back: zmq.Socket, control: zmq.Socket) -> None:
         try:
-            zmq.proxy_steerable(front, back, None, control)
+            self._loop(back, control)
         except zmq.ContextTerminated:
             pass
         except zmq.ZMQError as e:
+            self.failed = True
             log.error("event=relay_proxy_failed error=%s", e)
+
+    def _loop(self, back: zmq.Socket, control: zmq.Socket) -> None:
+        """Masks front -> back, subscriptions back -> front, monitor events, until TERMINATE."""
+        front, monitor = self.up.sock, self.up.monitor
+        poller = zmq.Poller()
+        for sock in (front, back, control, monitor):
+            poller.register(sock, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll(POLL_MS))
+            if control in ready and control.recv() == b"TERMINATE":
+                return
+            now = time.monotonic()
+            if monitor in ready:
+                for _ in range(BATCH):
+                    try:
+                        self.up.on_monitor(monitor.recv_multipart(zmq.NOBLOCK), now)
+                    except zmq.Again:
+                        break
+            if back in ready:
+                self.subscriptions += self._move(back, front, "up")
+            if front in ready:
+                self.forwarded += self._move(front, back, "down")
+            self.up.tick(now)
+
+    def _move(self, src: zmq.Socket, dst: zmq.Socket, direction: str) -> int:
+        """Up to BATCH waiting messages, one at a time (memory is bounded by the sockets' HWMs).
+
+        Sending never blocks: an XPUB drops for a viewer whose queue is full by itself, and a send
+        that would block anyway (a full pipe) is counted and logged as a drop, not waited for.
+        """
+        moved = 0
+        for _ in range(BATCH):
+            try:
+                frames = src.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                dst.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                moved += 1
+            except zmq.Again:
+                self.dropped += 1
+                if self.dropped <= LOG_FIRST or self.dropped % LOG_EVERY == 0:
+                    log.warning("event=relay_drop direction=%s count=%d", direction, self.dropped)
+        return moved
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop.set()

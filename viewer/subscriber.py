@@ -1,9 +1,10 @@
 """Receiving: a SUB socket on many endpoints (asyncio) and the decode step that never raises.
 
 :class:`Decoder` is plain code (no event loop): it turns raw frames into ``wire.Message`` or
-counts and skips them by reason.  :class:`Subscriber` is the thin asyncio adapter around a SUB
-socket; it also watches the socket's connect/disconnect events so the log tells an operator
-when a vehicle's link went down and came back.
+counts and skips them by reason.  :class:`LinkWatch` is plain code too: it watches a SUB or XSUB
+socket's connect/disconnect events, so the log tells an operator when a vehicle's link went down
+and came back, and connects again where ZeroMQ gave up (the relay uses it as it is).
+:class:`Subscriber` is the thin asyncio adapter around a watched SUB socket.
 """
 from __future__ import annotations
 
@@ -122,27 +123,29 @@ class Link:
     logged: dict[str, tuple[float, int]] = field(default_factory=dict)
 
 
-class Subscriber:
-    """A SUB socket connected to ``endpoints``; ``run(on_frames)`` delivers until cancelled.
+class LinkWatch:
+    """A SUB or XSUB socket on ``endpoints`` and the watch over its links, in plain sync code.
 
-    It watches the socket's monitor: link up/down lines, a WARNING naming why a handshake failed,
-    and a reconnection by hand where libzmq gives an endpoint up (it does after a protocol error,
-    e.g. a peer sending a frame over MAXMSGSIZE).
+    The socket's monitor (``self.monitor``) is read by the owner (an asyncio task for
+    :class:`Subscriber`, the relay's poll loop), which passes each message to :meth:`on_monitor`
+    and calls :meth:`tick` now and then.  It logs link up/down, a WARNING naming why a handshake
+    failed, and connects again by hand an endpoint libzmq gave up on (it does after a protocol
+    error, e.g. a peer sending a frame over MAXMSGSIZE).  One home for watch, record and relay.
     """
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
-                 rcvhwm: int = wire.Defaults.RCVHWM, curve: Any = None) -> None:
+    def __init__(self, ctx: zmq.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
+                 rcvhwm: int = wire.Defaults.RCVHWM, kind: int = zmq.SUB, curve: Any = None) -> None:
         self.endpoints = list(endpoints)
         self.curve = curve
         monitors: list[zmq.Socket] = []
-        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm, curve=curve,
+        # The monitor is attached before the first connect: a handshake refused at once is seen.
+        self.sock = subscriber(ctx, self.endpoints, topics, rcvhwm, kind=kind, curve=curve,
                                before_connect=lambda s: monitors.append(s.get_monitor_socket(_MONITORED)))
-        self._monitor = monitors[0]
+        self.monitor = monitors[0]
         self.links = {ep: Link(ep, i) for i, ep in enumerate(self.endpoints)}
         self.links_up = 0
         self.links_down = 0
         self.reconnects = 0
-        self.received = 0
 
     @property
     def refusals(self) -> int:
@@ -155,30 +158,10 @@ class Subscriber:
     def refusal_reasons(self) -> str:
         return "; ".join(f"{ln.endpoint}: {ln.refused}" for ln in self.links.values() if ln.refused)
 
-    async def run(self, on_frames: Callable[[list[bytes], float], None]) -> None:
-        """Receive forever, calling ``on_frames(frames, t_recv_wall)``; stop by cancelling."""
-        monitor = asyncio.ensure_future(self._watch_links())
-        try:
-            while True:
-                frames = await self.sock.recv_multipart()
-                self.received += 1
-                on_frames(frames, time.time())
-        finally:
-            monitor.cancel()
-            try:
-                await monitor
-            except asyncio.CancelledError:
-                pass
-
-    async def _watch_links(self) -> None:
-        while True:
-            try:
-                if await self._monitor.poll(100):
-                    event = parse_monitor_message(await self._monitor.recv_multipart())
-                    self.on_event(int(event["event"]), int(event["value"]), event["endpoint"], time.monotonic())
-            except zmq.ZMQError:
-                return
-            self.tick(time.monotonic())
+    def on_monitor(self, frames: list[bytes], now: float) -> None:
+        """One message read from ``self.monitor``."""
+        event = parse_monitor_message(frames)
+        self.on_event(int(event["event"]), int(event["value"]), event["endpoint"], now)
 
     def _link(self, endpoint: bytes | str) -> Link | None:
         ep = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
@@ -261,8 +244,44 @@ class Subscriber:
             self.sock.disable_monitor()
         except zmq.ZMQError:
             pass
-        self._monitor.close(0)
+        self.monitor.close(0)
         self.sock.close()
+
+
+class Subscriber(LinkWatch):
+    """A SUB socket connected to ``endpoints``; ``run(on_frames)`` delivers until cancelled.
+
+    Its links are watched as :class:`LinkWatch` says, from an asyncio task beside the receiver.
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoints: Iterable[str], topics: Iterable[str] = ("",),
+                 rcvhwm: int = wire.Defaults.RCVHWM, curve: Any = None) -> None:
+        super().__init__(ctx, endpoints, topics, rcvhwm, curve=curve)
+        self.received = 0
+
+    async def run(self, on_frames: Callable[[list[bytes], float], None]) -> None:
+        """Receive forever, calling ``on_frames(frames, t_recv_wall)``; stop by cancelling."""
+        monitor = asyncio.ensure_future(self._watch_links())
+        try:
+            while True:
+                frames = await self.sock.recv_multipart()
+                self.received += 1
+                on_frames(frames, time.time())
+        finally:
+            monitor.cancel()
+            try:
+                await monitor
+            except asyncio.CancelledError:
+                pass
+
+    async def _watch_links(self) -> None:
+        while True:
+            try:
+                if await self.monitor.poll(100):
+                    self.on_monitor(await self.monitor.recv_multipart(), time.monotonic())
+            except zmq.ZMQError:
+                return
+            self.tick(time.monotonic())
 
 
 class SubscriberApp(ABC):

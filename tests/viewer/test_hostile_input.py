@@ -123,21 +123,14 @@ def test_tile_and_canvas_sizes_are_bounded_whatever_the_header_says() -> None:
     assert canvas.nbytes < 50 * 2**20
 
 
-def _wait_subscription(pub, timeout_s: float = 15.0) -> None:
-    """Until a *new* subscription (b"\\x01..."): an XPUB also reports the lost pipe's unsubscribe."""
-    deadline = time.monotonic() + timeout_s
-    while not pub.wait_subscriber(max(0.1, deadline - time.monotonic())).startswith(b"\x01"):
-        pass
-
-
 def test_an_oversized_frame_is_dropped_and_the_viewer_reconnects(cli, pub, tmp_path: Path) -> None:
     m = Messages(vehicle_id="van-1", width=16, height=16)
     rec = cli("record", "--connect", pub.endpoint, "--out", tmp_path / "rec", "--count", 4)
-    _wait_subscription(pub)
+    pub.wait_new_subscription()
     pub.send(m.mask(0))
     pub.send([b"mask/van-1", b"{}", b"A" * (wire.MAX_FRAME_BYTES + 1024)])  # ZeroMQ drops the link
     # libzmq never reconnects after this protocol error by itself; the viewer does (was: silence for good).
-    _wait_subscription(pub, 30)
+    pub.wait_new_subscription(30)
     deadline = time.monotonic() + 20
     seq = 1
     while rec.p.poll() is None and time.monotonic() < deadline:

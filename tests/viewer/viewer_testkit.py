@@ -118,6 +118,12 @@ class Publisher:
             raise TimeoutError(f"no subscriber on {self.endpoint} within {timeout_s}s")
         return self.sock.recv()
 
+    def wait_new_subscription(self, timeout_s: float = 15.0) -> None:
+        """Until a *new* subscription (b"\\x01..."): an XPUB also reports the lost pipe's unsubscribe."""
+        deadline = time.monotonic() + timeout_s
+        while not self.wait_subscriber(max(0.1, deadline - time.monotonic())).startswith(b"\x01"):
+            pass
+
     def send(self, frames: list[bytes]) -> None:
         self.sock.send_multipart(frames)
 
