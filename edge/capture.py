@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import re
 import threading
@@ -88,6 +89,9 @@ class Captured:
     t_capture: float      # epoch seconds when the read returned
     image: np.ndarray     # BGR uint8
     read_s: float = 0.0   # how long the read (decode) took
+    # Where the frame lies in its file or folder, s from its start (None: a live source). A log of
+    # positions is aligned by this, not by t_capture, which drifts from the clip when reading is slow.
+    t_media: float | None = None
 
 
 OK, SKIP, EOS = "ok", "skip", "eos"
@@ -95,6 +99,7 @@ OK, SKIP, EOS = "ok", "skip", "eos"
 
 class Reader(Protocol):
     fps: float | None
+    t_media: float | None   # the last frame read: its time in the file (None for a live source)
 
     def read(self) -> tuple[str, np.ndarray | None]: ...
 
@@ -112,6 +117,7 @@ class VideoReader:
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         self.count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0) if spec.kind == "file" else 0
+        self.t_media: float | None = None
 
     def _open(self) -> cv2.VideoCapture:
         spec, cfg = self.spec, self.cfg
@@ -143,6 +149,7 @@ class VideoReader:
         ok, frame = self.cap.read()
         if ok and frame is not None and frame.size:
             self.failures = 0
+            self.t_media = self._media_time()
             return OK, frame
         self.failures += 1
         if self.spec.kind != "file":
@@ -160,7 +167,22 @@ class VideoReader:
         ok, frame = self.cap.read()
         if not ok or frame is None:
             raise SourceError(f"{self.spec.target}: no frame after restarting the file")
+        self.t_media = self._media_time()  # from 0 again: a looped clip passes the same places again
         return OK, frame
+
+    def _media_time(self) -> float | None:
+        """The frame just read: its presentation time in the file (s), None for a live source.
+
+        FFmpeg's POS_MSEC after a read is that frame's timestamp (0 for the first; variable frame
+        rates kept); where a backend has none, the frame's index over the file's rate.
+        """
+        if self.spec.kind != "file":
+            return None
+        ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+        if math.isfinite(ms) and ms >= 0:
+            return ms / 1000.0
+        pos = self.cap.get(cv2.CAP_PROP_POS_FRAMES)
+        return max(0.0, pos - 1) / self.fps if self.fps and math.isfinite(pos) else None
 
     def close(self) -> None:
         self.cap.release()
@@ -175,6 +197,7 @@ class FolderReader:
         self.fps = cfg.fps or 10.0
         self.files = self._list()
         self.pos = 0
+        self.t_media: float | None = None
 
     def _list(self) -> list[Path]:
         try:
@@ -198,6 +221,7 @@ class FolderReader:
         self.pos += 1
         frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if frame is not None:
+            self.t_media = (self.pos - 1) / self.fps  # the folder is a clip at fps (as --pace reads it)
             return OK, frame
         if not self.folder.is_dir():
             raise SourceError(f"{self.folder}: folder vanished")
@@ -281,7 +305,7 @@ class CaptureThread(threading.Thread):
                 continue
             unreadable_run = 0
             self.frames += 1
-            item = Captured(next(self.counter), time.time(), frame, time.monotonic() - started)
+            item = Captured(next(self.counter), time.time(), frame, time.monotonic() - started, reader.t_media)
             if not self.put(item, self.should_stop):
                 return
 

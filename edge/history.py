@@ -113,17 +113,24 @@ def decode_request(frames: list[bytes]) -> Request:
     raw = bytes(frames[1])
     if len(raw) > MAX_REQUEST_BYTES:
         raise HistoryError("too_large", f"request of {len(raw)} bytes")
-    body = _parse(raw)
+    return Request(*_range_head(_parse(raw)))
+
+
+def _range_head(body: dict[str, Any]) -> tuple[int, str, int, int]:
+    """The fields a request and a reply share (v, id, run_id, from_seq..to_seq), checked once for both.
+
+    Each refusal names the field and (cut short: a reply header may be 64 KiB) the value it held.
+    """
     if body.get("v") != VERSION:
         raise HistoryError("unknown_version", repr(body.get("v"))[:32])
     rid, run, a, b = body.get("id"), body.get("run_id"), body.get("from_seq"), body.get("to_seq")
     if not _is_seq(rid):
-        raise HistoryError("bad_field", "id")
+        raise HistoryError("bad_field", f"id={rid!r}"[:48])
     if not isinstance(run, str) or not wire.RUN_ID_RE.fullmatch(run):
-        raise HistoryError("bad_field", "run_id")
+        raise HistoryError("bad_field", f"run_id={run!r}"[:48])
     if not (_is_seq(a) and _is_seq(b)) or a > b:
-        raise HistoryError("bad_field", f"from_seq={a!r} to_seq={b!r}")
-    return Request(rid, run, a, b)
+        raise HistoryError("bad_field", f"from_seq={a!r} to_seq={b!r}"[:96])
+    return rid, run, a, b
 
 
 def _parse(raw: bytes) -> dict[str, Any]:
@@ -155,13 +162,7 @@ def decode_reply(frames: list[bytes]) -> Batch:
     if len(raw) > MAX_REPLY_HEADER_BYTES:
         raise HistoryError("too_large", f"reply header of {len(raw)} bytes")
     h = _parse(raw)
-    if h.get("v") != VERSION:
-        raise HistoryError("unknown_version", repr(h.get("v"))[:32])
-    rid, run, a, b = h.get("id"), h.get("run_id"), h.get("from_seq"), h.get("to_seq")
-    if not _is_seq(rid) or not isinstance(run, str) or not wire.RUN_ID_RE.fullmatch(run):
-        raise HistoryError("bad_field", "id or run_id")
-    if not (_is_seq(a) and _is_seq(b)) or a > b:
-        raise HistoryError("bad_field", "from_seq/to_seq")
+    rid, run, a, b = _range_head(h)
     for name in ("next_seq", "first_seq", "last_seq"):
         if not _is_opt_seq(h.get(name)):
             raise HistoryError("bad_field", name)

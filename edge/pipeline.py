@@ -372,7 +372,8 @@ class Pipeline:
             # The camera's own size: the mask is at inference resolution (often square), and a
             # viewer needs this to show the picture with the road's true proportions.
             frame_width=int(fw), frame_height=int(fh),
-            position=None if self.position is None else self.position.at(item.captured.t_capture),
+            position=None if self.position is None else self.position.at(item.captured.t_capture,
+                                                                          item.captured.t_media),
             has_frame=jpeg is not None,
             **measured.header_fields(),
         )

@@ -10,9 +10,11 @@ fix never stops or slows the masks; the answer says there is none and why (``rea
 Time rule: live fixes (gpsd, serial) are stamped with the host's wall clock when they arrive, the
 clock ``t_capture`` uses (a receiver's own clock or a replay's old timestamps would not match it).
 Logs and photos carry their own time (NMEA/GPX timestamps, EXIF DateTimeOriginal, else the file's
-mtime); a frame's time on that clock is ``start_time + (t_capture - first t_capture) + offset_s``,
-``start_time`` defaulting to the video file's mtime.  Use ``source.pace = true`` when
-re-analysing so that frame times follow the video.
+mtime); a frame of a file or folder is at ``start_time + t_media + offset_s`` on that clock, its
+place in the clip (``Captured.t_media``), so a machine slower than the clip, or one not pacing it,
+still puts each frame where it was filmed.  A live camera has no media time: its frames are at
+``start_time + (t_capture - first t_capture) + offset_s``.  ``start_time`` defaults to the video
+file's mtime.
 """
 from __future__ import annotations
 
@@ -319,12 +321,15 @@ class PositionSource:
             self.satellites = fix.satellites
         self.state, self.last_error = "ok", ""
 
-    def frame_time(self, t_capture: float) -> float:
-        return t_capture
+    def frame_time(self, t_capture: float, t_media: float | None = None) -> float:
+        return t_capture   # live fixes are on the host's clock, as t_capture is
 
-    def at(self, t_capture: float) -> dict[str, Any]:
-        """The ``position`` header field for a frame captured at ``t_capture`` (never blocks for long)."""
-        t = self.frame_time(t_capture)
+    def at(self, t_capture: float, t_media: float | None = None) -> dict[str, Any]:
+        """The ``position`` header field for a frame captured at ``t_capture`` (never blocks for long).
+
+        ``t_media``: the frame's place in its file (s), None for a live camera; only a log uses it.
+        """
+        t = self.frame_time(t_capture, t_media)
         prev, before, after = self.ring.around(t)
         fix, age = interpolate(before, after, t, self.max_gap_s, prev if self.live else None)
         reason = ""
@@ -362,7 +367,7 @@ class FixedSource(PositionSource):
         self.fix = Fix(0.0, lat, lon, alt_m, None, heading_deg, "fixed-config")
         self.state, self.fixes = "ok", 1
 
-    def at(self, t_capture: float) -> dict[str, Any]:
+    def at(self, t_capture: float, t_media: float | None = None) -> dict[str, Any]:
         f = self.fix
         return {"source": self.kind, "fix": True, "reason": "", "lat": f.lat, "lon": f.lon, "alt_m": f.alt_m,
                 "speed_mps": 0.0, "heading_deg": f.heading_deg, "quality": "fixed-config", "age_s": 0.0}
@@ -553,6 +558,7 @@ class LogSource(PositionSource):
         self.state = "ok"
         self.start_time, self.offset_s = start_time, offset_s
         self.first_capture: float | None = None
+        self.last_frame: float | None = None   # the latest frame's time on the log's clock
         first, last = self.ring.span() or (0.0, 0.0)
         t0 = start_time + offset_s
         if not fixes or t0 < first - self.max_gap_s or t0 > last + self.max_gap_s:
@@ -560,15 +566,22 @@ class LogSource(PositionSource):
                 f"{path}: the {kind} ({_iso(first)} .. {_iso(last)}) does not overlap the video, which starts at "
                 f"{_iso(t0)} (set position.start_time or position.offset_s)")
 
-    def frame_time(self, t_capture: float) -> float:
-        if self.first_capture is None:
-            self.first_capture = t_capture
-        return self.start_time + (t_capture - self.first_capture) + self.offset_s
+    def frame_time(self, t_capture: float, t_media: float | None = None) -> float:
+        if t_media is not None:
+            # A file's frame: where it lies in the clip, however late it was read.
+            t = self.start_time + t_media + self.offset_s
+        else:
+            # A live camera: time passes for the frames as for the log.
+            if self.first_capture is None:
+                self.first_capture = t_capture
+            t = self.start_time + (t_capture - self.first_capture) + self.offset_s
+        self.last_frame = t
+        return t
 
     def status(self) -> dict[str, Any]:
         out = super().status()
         first, last = self.ring.span() or (0.0, 0.0)
-        if self.first_capture is not None and self.frame_time(time.time()) > last + self.stale_s:
+        if self.last_frame is not None and self.last_frame > last + self.stale_s:
             out["state"] = "out_of_log"
         return out
 

@@ -144,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                       "--duration", str(args.timeout)], out / "recorder.log")
     viewer = spawn(viewer_cmd, out / "viewer.log")
     # The daemon waits for its first subscriber so the viewer sees the clip from its first frame.
-    # --pace: frames at the clip's 10 fps, so that each lands on its own time of the GPS track.
+    # --pace: frames at the clip's 10 fps, as a camera would give them (latency and fps figures).
+    # Positions do not depend on it: each frame is placed on the GPS track by its time in the clip.
     daemon = spawn([str(BIN / "crack-edge"), "run", "--config", str(cfg), "--publish", endpoint,
                     "--max-frames", str(args.frames), "--no-loop", "--pace", "--wait-subscriber", "10",
                     "--vehicle-id", "demo-van"]

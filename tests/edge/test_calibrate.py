@@ -64,6 +64,21 @@ def test_points_file_into_an_existing_config(tmp_path, capsys) -> None:
     assert cfg.read_text().count("[ground]") == 1
 
 
+def test_write_into_the_shipped_example_config(tmp_path, capsys) -> None:
+    # systemd/crack-edge.toml carries a commented [ground] example; --write adds the live section
+    # beside it, so the vehicle is calibrated and the example stays for the next reader.
+    cfg = tmp_path / "crack-edge.toml"
+    shipped = (REPO / "systemd" / "crack-edge.toml").read_text()
+    cfg.write_text(shipped)
+    img = image_of(ROAD[:4])
+    code, _, err = calibrate(capsys, *point_args(img, ROAD[:4]), "--image-size", f"{W}x{H}", "--write", str(cfg))
+    assert code == exits.OK, err
+    text = cfg.read_text()
+    assert "# [ground]" in text and text.count("\n[ground]\n") == 1
+    loaded = load_config(cfg)
+    assert loaded.ground.enabled and loaded.ground.image_size == (W, H) and loaded.source.mode == "latest"
+
+
 def test_point_flags_print_a_section_that_loads(tmp_path, capsys) -> None:
     img = image_of(ROAD[:4])
     code, out, err = calibrate(capsys, *point_args(img, ROAD[:4]), "--image-size", f"{W}x{H}")

@@ -59,6 +59,20 @@ def test_video_reader_ends_or_loops(small_video):
     r.close()
 
 
+def test_file_and_folder_frames_carry_their_time_in_the_clip(small_video, make_images):
+    # The time a position log is aligned by: the frame's place in the file, from 0 again on a loop.
+    r = VideoReader(parse_source(str(small_video)), SourceConfig(loop=True))
+    times = []
+    for _ in range(26):
+        assert r.read()[0] == OK
+        times.append(r.t_media)
+    r.close()
+    assert times[:24] == pytest.approx([k / 20.0 for k in range(24)], abs=1e-3)
+    assert times[24:] == pytest.approx([0.0, 0.05], abs=1e-3)
+    f = FolderReader(parse_source(str(make_images("clip", 3))), SourceConfig(fps=4.0, loop=False))
+    assert [f.read()[0] == OK and f.t_media for _ in range(3)] == [0.0, 0.25, 0.5]
+
+
 def test_video_reader_missing_file(tmp_path):
     with pytest.raises(SourceError, match="no such video file"):
         VideoReader(parse_source(str(tmp_path / "gone.mp4")), SourceConfig())
@@ -132,6 +146,7 @@ class BlockingReader:
 
     def __init__(self, release: threading.Event) -> None:
         self.release, self.fps, self.calls = release, None, 0
+        self.t_media = None  # a live stream
 
     def read(self):
         self.calls += 1

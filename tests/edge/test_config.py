@@ -1,6 +1,7 @@
 """The daemon's settings: precedence, refusals that name the key, and a description everywhere."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -113,10 +114,27 @@ def test_record_directory_follows_the_state_directory(monkeypatch):
     assert cfg.record.resolved_directory() == Path("/var/lib/crack-edge/rec")
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "crack-edge.toml"
+
+
 def test_example_config_in_systemd_folder_is_valid():
-    example = Path(__file__).resolve().parents[2] / "systemd" / "crack-edge.toml"
-    cfg = load_config(example)
+    cfg = load_config(EXAMPLE)
     assert cfg.source.mode == "latest" and cfg.record.enabled
+    assert not cfg.ground.enabled   # the [ground] example ships commented out: pixels only by default
+
+
+def test_example_ground_section_loads_when_uncommented(tmp_path):
+    # Uncomment the example's TOML lines (table, keys, array rows), not its prose, and load it for real:
+    # a homography that Ground.build refuses, or a typo'd key, fails here (exit 78 on a vehicle).
+    toml = re.compile(r"^# (\[ground\]|\w+ = |  \[|\])")
+    text = EXAMPLE.read_text()
+    uncommented = "".join(line[2:] if toml.match(line) else line for line in text.splitlines(keepends=True))
+    assert uncommented.count("\n[ground]\n") == 1 and uncommented != text
+    path = tmp_path / "crack-edge.toml"
+    path.write_text(uncommented)
+    cfg = load_config(path)
+    assert cfg.ground.enabled and cfg.ground.image_size == tuple(cfg.source.camera_size)
+    assert cfg.ground.severity_mm == (10.0, 75.0) and cfg.source.mode == "latest"
 
 
 def test_inference_size_follows_the_card_unless_configured():

@@ -98,6 +98,23 @@ def test_malformed_requests_are_refused_by_reason(frames, reason):
     assert e.value.reason == reason
 
 
+@pytest.mark.parametrize("change, detail", [
+    ({"v": 2}, "2"), ({"id": True}, "id=True"), ({"run_id": "x y"}, "run_id='x y'"),
+    ({"from_seq": 5, "to_seq": 4}, "from_seq=5 to_seq=4"), ({"to_seq": "9"}, "from_seq=0 to_seq='9'"),
+])
+def test_request_and_reply_refuse_a_bad_head_alike(change, detail):
+    # One check of the shared head for both messages: same reason, same field and value named.
+    head = {"v": 1, "id": 1, "run_id": RUN, "from_seq": 0, "to_seq": 4, **change}
+    reply = {**head, "next_seq": None, "first_seq": None, "last_seq": None, "lost": [], "records": []}
+    errors = []
+    for decode, kind, body in ((history.decode_request, history.REQUEST, head),
+                               (history.decode_reply, history.REPLY, reply)):
+        with pytest.raises(history.HistoryError) as e:
+            decode([kind, json.dumps(body).encode()])
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and errors[0].endswith(": " + detail)
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=200), max_size=6))
 def test_decoders_raise_only_history_error(frames):

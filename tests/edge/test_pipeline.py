@@ -85,6 +85,31 @@ def test_latest_mode_drops_are_all_counted(any_backend, xpub, subscriber):
     assert pipe.counters.published == len(got)
 
 
+def test_a_file_frame_is_placed_on_the_log_by_its_time_in_the_clip(ort_backend, xpub, subscriber, tmp_path):
+    # The second frame is read 100 s after the first (a very slow machine) but lies 0.5 s into the
+    # clip: its header must say where the track is at 0.5 s, not 100 s past the log's end.
+    from edge.config import PositionConfig
+    from edge.position import open_position
+    from tests.edge.gpstrack import T0, track, write_gpx
+
+    backend, card = ort_backend
+    pub, ep = xpub
+    sub = subscriber(ep, topics=(b"mask/",))
+    gpx = write_gpx(tmp_path / "drive.gpx", 3)
+    log = open_position(PositionConfig(kind="gpx-log", path=gpx, start_time=T0), "clip.mp4")
+    pipe = make_pipeline(backend, card, pub, every=True, wait_subscriber_s=5.0, position=log)
+    pipe.start()
+    assert pipe.subscribed.wait(5)
+    frame, now = np.zeros((64, 96, 3), np.uint8), time.time()
+    assert pipe.put_frame(Captured(0, now, frame, t_media=0.0), lambda: False)
+    assert pipe.put_frame(Captured(1, now + 100.0, frame, t_media=0.5), lambda: False)
+    got = sub.collect(2, timeout=20)
+    pipe.stop(2)
+    positions = [m.header["position"] for m in got]
+    assert [p["fix"] for p in positions] == [True, True]
+    assert [p["lat"] for p in positions] == pytest.approx([track(0.0)[0], track(0.5)[0]], abs=1e-7)
+
+
 def test_two_inference_threads_publish_every_frame_in_capture_order(ov_streams, ort_backend, xpub, subscriber):
     """Every-frame mode with two streams: all frames, in order, each mask the one of its own frame."""
     backend, card = ov_streams

@@ -1,6 +1,7 @@
 """Position sources without gpsd: the NMEA parser, interpolation, log alignment, EXIF GPS, fixed."""
 from __future__ import annotations
 
+import itertools
 import math
 import struct
 import subprocess
@@ -12,10 +13,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import PositionConfig
+from edge.capture import CaptureThread, parse_source
+from edge.config import PositionConfig, SourceConfig
 from edge.position import (Fix, FixRing, NmeaParser, PositionError, exif_gps, interpolate, nmea_checksum_ok,
                            open_position, read_gpx, read_nmea_log)
 from tests.edge.gpstrack import DLAT, LAT0, LON0, T0, epoch_sentences, sentence, track, write_gpx, write_nmea
+from tests.media import write_video
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,6 +120,43 @@ def test_gpx_log_and_start_time_defaults_to_the_video_mtime(tmp_path):
     h = src.at(50.0)
     h = src.at(51.5)
     assert h["lat"] == pytest.approx(track(3.5)[0], abs=1e-7) and h["lon"] == pytest.approx(LON0)
+
+
+def test_a_machine_slower_than_the_clip_keeps_every_frame_on_the_log(tmp_path):
+    """A real clip read by the capture thread, each frame taking twice its period to process.
+
+    By wall clock the last frames would land past the log's end; by their time in the clip each
+    frame is where it was filmed.
+    """
+    video = write_video(tmp_path / "clip.mp4", 20, fps=20.0)     # 0 .. 0.95 s of media
+    gpx = write_gpx(tmp_path / "drive.gpx", 2)                   # fixes at T0 and T0 + 1 s
+    log_cfg = cfg(kind="gpx-log", path=gpx, start_time=T0, stale_s=0.5)
+    got: list = []
+
+    def slow_inference(item, should_stop) -> bool:
+        time.sleep(0.15)                                         # 3x the 50 ms frame period
+        got.append(item)
+        return True
+
+    spec = parse_source(str(video))
+    reader = CaptureThread(spec, SourceConfig(uri=str(video), loop=False, pace=True), slow_inference,
+                           itertools.count(), 0)
+    reader.start()
+    reader.join(15)
+    assert reader.eos and len(got) == 20
+    assert got[-1].t_capture - got[0].t_capture > 1.0 + 0.5     # the wall clock ran past the log
+
+    by_media = open_position(log_cfg, str(video))
+    for k, c in enumerate(got):
+        h = by_media.at(c.t_capture, c.t_media)
+        assert (h["fix"], h["reason"]) == (True, ""), (k, h)
+        assert h["lat"] == pytest.approx(track(k / 20.0)[0], abs=1e-7)
+    assert by_media.status()["state"] == "ok"
+    # A live camera has no media time: the wall-clock rule, under which these frames ran off the log.
+    by_wall = open_position(log_cfg, str(video))
+    last = [by_wall.at(c.t_capture) for c in got][-1]
+    assert (last["fix"], last["reason"]) == (False, "out_of_log")
+    assert by_wall.status()["state"] == "out_of_log"
 
 
 def test_a_log_that_does_not_overlap_the_video_is_refused_naming_the_file(tmp_path):
