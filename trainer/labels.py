@@ -100,7 +100,7 @@ def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets
         net.to(memory_format=torch.channels_last)
     log.info("event=soft_labels_start images=%d precision=%s why=%r flips=%s", len(pairs), prec.name, prec.why, flips)
     pre = Preprocessor(variant_defaults(meta["arch"]), "native")
-    entries: dict[float, list] = {t: [] for t in targets}
+    entries = []  # the same for every T: the label paths are relative to each T's folder
     t0 = time.monotonic()
     mine = distributed.share(list(enumerate(pairs)))  # all of them in one process
     for done, (index, pair) in enumerate(mine, 1):
@@ -115,31 +115,28 @@ def generate_label_sets(teacher_ckpt: str | Path, pairs: Sequence[Pair], targets
             for name, f in zip(OUTPUTS, files):
                 p = F.softmax(logits[name] / temperature, dim=1)[0, 0, :h, :w].cpu().numpy()
                 cv2.imwrite(str(f), np.round(p * 255).astype(np.uint8))
-            entries[temperature].append((index, {"image": str(pair.image.resolve()), "sha256": digest,
-                                                 "size": [h, w], "labels": [str(f.relative_to(out_dir)) for f in files]}))
+        entries.append((index, {"image": str(pair.image.resolve()), "sha256": digest, "size": [h, w],
+                                "labels": [str(f) for f in label_paths(Path(), pair)]}))  # relative to each T's folder
         if done % 50 == 0 or done == len(mine):
             log.info("event=soft_label image=%s done=%d/%d elapsed_s=%.0f temperatures=%s flips=%s",
                      pair.image.name, done, len(mine), time.monotonic() - t0,
                      ",".join(f"{t:g}" for t in targets), flips)
-    paths = []
-    for temperature, out_dir in targets.items():
-        path = out_dir / MANIFEST
-        everyone = distributed.gather(entries[temperature])  # also the barrier: every rank's files are written
-        if everyone is not None:
-            _write_manifest(path, teacher_ckpt, meta, temperature, [e for _, e in sorted(sum(everyone, []),
-                                                                                         key=lambda ie: ie[0])],
-                            flips, prec.name)
-        paths.append(path)
+    paths = [out_dir / MANIFEST for out_dir in targets.values()]
+    everyone = distributed.gather(entries)  # also the barrier: every rank's files are written
+    if everyone is not None:
+        images = [e for _, e in sorted(sum(everyone, []), key=lambda ie: ie[0])]
+        teacher = {"teacher": str(Path(teacher_ckpt).resolve()), "teacher_sha256": sha256_file(teacher_ckpt),
+                   "teacher_arch": meta.get("arch"), "teacher_tta": "mean over h/v flips" if flips else "none",
+                   "teacher_precision": prec.name}
+        for path, temperature in zip(paths, targets):
+            _write_manifest(path, teacher, temperature, images)
     distributed.barrier()  # no rank returns before the manifests exist
     return paths
 
 
-def _write_manifest(path: Path, teacher_ckpt: str | Path, meta: dict, temperature: float, entries: list[dict],
-                    flips: bool = False, precision: str = "fp32") -> None:
-    manifest = {"version": 1, "teacher": str(Path(teacher_ckpt).resolve()),
-                "teacher_sha256": sha256_file(teacher_ckpt), "teacher_arch": meta.get("arch"),
-                "teacher_tta": "mean over h/v flips" if flips else "none", "teacher_precision": precision,
-                "temperature": float(temperature), "outputs": list(OUTPUTS), "images": entries}
+def _write_manifest(path: Path, teacher: dict, temperature: float, entries: list[dict]) -> None:
+    manifest = {"version": 1, **teacher, "temperature": float(temperature), "outputs": list(OUTPUTS),
+                "images": entries}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")  # the manifest is what marks the set complete: never half-written
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
