@@ -61,6 +61,7 @@ class RelayApp:
         ctl_client.connect(ctl_addr)
         self.forwarded = self.subscriptions = self.dropped = 0
         self.failed = False
+        self.refused = ""  # set by the loop when every daemon turns the relay away
         thread = threading.Thread(target=self._proxy, args=(back, ctl_server), name="relay-proxy", daemon=True)
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         thread.start()
@@ -81,6 +82,11 @@ class RelayApp:
             self.ctx.term()
             log.info("event=relay_stopped forwarded=%d subscriptions=%d dropped=%d reconnects=%d",
                      self.forwarded, self.subscriptions, self.dropped, self.up.reconnects)
+        if self.refused:
+            # Nothing will ever come (a key must be authorised first): say so with a status a unit
+            # can stop restarting on, as a viewer does, instead of relaying silence.
+            log.error("event=refused forwarded=%d reasons=%r", self.forwarded, self.refused)
+            return exits.REFUSED
         return exits.SOFTWARE if self.failed else exits.OK
 
     def _proxy(self, back: zmq.Socket, control: zmq.Socket) -> None:
@@ -114,6 +120,9 @@ class RelayApp:
             if front in ready:
                 self.forwarded += self._move(front, back, "down")
             self.up.tick(now)
+            if self.up.all_refused():
+                self.refused = self.up.refusal_reasons()
+                return
 
     def _move(self, src: zmq.Socket, dst: zmq.Socket, direction: str) -> int:
         """Up to BATCH waiting messages, one at a time (memory is bounded by the sockets' HWMs).

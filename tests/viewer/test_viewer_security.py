@@ -171,6 +171,19 @@ def test_relay_secured_on_both_sides(cli, keys: Path, pubs, zmq_ctx: zmq.Context
     assert f"reason=Unknown_key mechanism=CURVE key={mallory_key}" in relay.err
 
 
+def test_a_relay_every_daemon_refuses_exits_77(cli, keys: Path, pubs, tmp_path: Path) -> None:
+    # mallory's key is in no daemon's folder: the relay says why and stops with 77 (was: it relayed
+    # nothing, forever, and exited 0 on SIGTERM).
+    pub = SecurePub(keys / "v1", keys / "a1")
+    pubs.append(pub)
+    relay = cli("relay", "--connect", pub.endpoint, "--bind", endpoint(),
+                "--server-key", keys / "v1" / "daemon.key", "--key", viewer_key(keys, "mallory"),
+                "--authorized-keys", keys / "ar")
+    assert relay.wait(20) == exits.REFUSED, relay.err
+    assert f"event=handshake_failed endpoint={pub.endpoint} reason=auth_refused(zap=400" in relay.err
+    assert "event=refused forwarded=0" in relay.err and "Traceback" not in relay.err
+
+
 @pytest.mark.parametrize("args, named", [
     (["record", "--out", "x", "--server-key", "daemon.key"], "key: server_key is set"),
     (["record", "--out", "x", "--key", "me.key_secret"], "server_key: key is set"),
