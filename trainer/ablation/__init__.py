@@ -8,7 +8,7 @@ the same command again resumes where it stopped:
 
 1. **teacher** for at most ``--teacher-budget-s`` seconds of wall clock (then SIGTERM: the run
    keeps its last finished epoch and ``best.pt``).
-2. **labels** at every ``--temperatures`` T, as parallel processes.
+2. **labels** at every ``--temperatures`` T, from one teacher pass in one process.
 3. **students**, up to ``--jobs`` at a time, each for at most ``--student-budget-s``: the plain
    student (no teacher), standard KD at every T, hyperthermal KD at ``--hyper-t`` (a number: run in
    parallel with the others; ``best``: after them, at the T whose standard-KD student scored best on

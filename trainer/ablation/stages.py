@@ -134,17 +134,20 @@ class Ablation:
         return bool(manifest) and manifest.get("teacher_sha256") == teacher_sha
 
     def stage_labels(self) -> None:
+        """Every missing temperature from one teacher pass (logits do not depend on T), in one job."""
         c = self.cfg
         teacher = self.p.run("teacher") / "best.pt"
         teacher_sha = sha256(teacher)
-        jobs = []
+        targets = {}
         for t in c.temperatures:
             if self.labels_done(t, teacher_sha):
                 log.info("event=skip job=labels-T%s reason=done", tname(t))
-                continue
-            argv = self.step_argv(f"labels-T{tname(t)}", "labels", self.common_settings(), teacher_ckpt=teacher,
-                                  temperature=t, out=self.p.labels(t))
-            jobs.append(Job(f"labels-T{tname(t)}", argv, self.p.job_log(f"labels-T{tname(t)}"), c.labels_timeout_s))
+            else:
+                targets[repr(float(t))] = str(self.p.labels(t))
+        if not targets:
+            return
+        name = "labels-" + "-".join(f"T{tname(float(t))}" for t in targets)
+        argv = self.step_argv(name, "labels", self.common_settings(), teacher_ckpt=teacher, targets=targets)
 
         def done(job: Job) -> None:
             if job.rc != exits.OK or job.over_budget:
@@ -152,7 +155,8 @@ class Ablation:
                 raise StepFailed(f"{job.name}: {why}; log {job.log_path}:\n{job.tail()}")
             log.info("event=done job=%s", job.name)
 
-        run_jobs(jobs, c.jobs, self.clock, c.progress_every_s, "labels", on_done=done)
+        run_jobs([Job(name, argv, self.p.job_log(name), c.labels_timeout_s)], 1, self.clock, c.progress_every_s,
+                 "labels", on_done=done)
 
     def best_t_by_val(self) -> tuple[float, float] | None:
         """(T, val F1(2px)) of the best standard-KD student, from its run's own validation."""
@@ -425,7 +429,7 @@ def step_main(argv: Sequence[str]) -> int:
     step = spec["step"]
     try:
         if step == "labels":
-            from trainer.labels import generate_labels
+            from trainer.labels import generate_label_sets
             from trainer.loop import pick_device
             from trainer.sets import train_pair_sets
 
@@ -434,9 +438,10 @@ def step_main(argv: Sequence[str]) -> int:
 
                 torch.set_num_threads(cfg.threads)
             pairs = [p for pairs, _ in train_pair_sets(cfg) for p in pairs]
-            path = generate_labels(spec["teacher_ckpt"], pairs, float(spec["temperature"]), spec["out"],
-                                   pick_device(cfg.device))
-            print(f"{len(pairs)} images labelled at T={tname(float(spec['temperature']))}: {path}", flush=True)
+            targets = {float(t): Path(out) for t, out in spec["targets"].items()}
+            paths = generate_label_sets(spec["teacher_ckpt"], pairs, targets, pick_device(cfg.device))
+            print(f"{len(pairs)} images labelled at T={', '.join(tname(t) for t in targets)}: "
+                  f"{', '.join(map(str, paths))}", flush=True)
             return exits.OK
         from trainer.student import train_distilled_student, train_plain_student
         from trainer.teacher import train_teacher
