@@ -50,6 +50,12 @@ class TrainSettings(BaseModel):
     optimizer: Literal["adamw", "rmsprop"] = Field("adamw", description="AdamW, or RMSprop as published")
     lr: float | None = Field(None, gt=0, description="Learning rate; default 1e-3 for AdamW, 5e-5 (published) for RMSprop")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description=(
+        "Raise the learning rate linearly from 0 over this many steps (a fresh AdamW at full rate knocks a "
+        "fine-tuned model back: 0.846 -> 0.823 in three epochs at 3e-4)"))
+    ema_decay: float = Field(0.0, ge=0, lt=1, description=(
+        "Keep an exponential moving average of the weights (and BatchNorm statistics) at this decay per step, "
+        "validate it and save it as best.pt (0 = off; 0.998 averages about the last 500 steps)"))
     lr_patience: int = Field(5, ge=1, description="Halve the learning rate after this many epochs without val improvement")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="Learning-rate factor on plateau")
     min_lr: float = Field(1e-8, ge=0, description="Learning-rate floor")

@@ -293,12 +293,17 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
     start_epoch, best, best_epoch, since_best = 0, -1.0, -1, 0
     if cfg.init is not None and not cfg.resume:  # a resumed run already holds the fine-tuned weights
         init_weights(net, Path(cfg.init), meta, device)
+    ema = make_ema(net, cfg.ema_decay)
     if cfg.resume:
         ck = _resume_state(last_path, meta)
         net.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
+        if ema is not None:
+            if "ema" not in ck:
+                raise ConfigError(f"{last_path}: saved without --ema-decay; resume with the run's own settings")
+            ema.load_state_dict(ck["ema"])
         history = ck["history"]
         start_epoch, best, best_epoch, since_best = ck["epoch"] + 1, ck["best"], ck["best_epoch"], ck["since_best"]
         torch.set_rng_state(ck["torch_rng"])
@@ -322,9 +327,10 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                 if world.distributed:  # dropout masks (the teacher's) differ per rank, reproducibly per epoch
                     torch.manual_seed(hash((cfg.seed, epoch, world.rank)) % 2**63)
                 terms = _train_epoch(train_net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype,
-                                     epoch, stop)
+                                     epoch, stop, ema)
                 # Rank 0 validates; every rank steps its scheduler and early stop on the same figures.
-                val = distributed.on_main(validate, net)
+                judged = ema.module if ema is not None else net
+                val = distributed.on_main(validate, judged)
                 scheduler.step(val["val_f1_tol"])
                 row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": terms.pop("loss"),
                        **{f"train_{k}": v for k, v in terms.items()}, **val,
@@ -336,11 +342,12 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                 else:
                     since_best += 1
                 if world.is_main:
-                    state = {"model": net.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
-                                                                 "settings": json.loads(cfg.model_dump_json())}}
+                    state = {"model": judged.state_dict(), "meta": {**meta, "epoch": epoch, "val": val,
+                                                                    "settings": json.loads(cfg.model_dump_json())}}
                     if improved:
                         _atomic_save(state, best_path)
-                    _atomic_save({**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    extra = {"model": net.state_dict(), "ema": ema.state_dict()} if ema is not None else {}
+                    _atomic_save({**state, **extra, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                   "scaler": scaler.state_dict(), "epoch": epoch, "best": best,
                                   "best_epoch": best_epoch, "since_best": since_best, "history": history,
                                   "torch_rng": torch.get_rng_state()}, last_path)
@@ -396,8 +403,30 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def make_ema(net: nn.Module, decay: float) -> "torch.optim.swa_utils.AveragedModel | None":
+    """The averaged copy of ``net`` (weights and BatchNorm buffers), or None when ``decay`` is 0.
+
+    Batches of 4 make each step's weights noisy (validation moves by +-0.005 from epoch to epoch at a
+    constant rate); the average is what gets judged and saved.
+    """
+    if not decay:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema.update_parameters(net)  # the average starts at the initial weights (a fine-tune's: the release)
+    return ema
+
+
+def _warmup(optimizer: torch.optim.Optimizer, cfg: TrainSettings, step: int) -> None:
+    """Linear warm-up over the first ``cfg.warmup_steps`` steps (``step`` counts from 1, over epochs)."""
+    if step <= cfg.warmup_steps:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.learning_rate * step / cfg.warmup_steps
+
+
 def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
-                 stop: StopOnSignal) -> dict[str, float]:
+                 stop: StopOnSignal, ema=None) -> dict[str, float]:
     world = distributed.current()
     shares = StepShares(len(train_set), cfg.batch_size, world.rank, world.size)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=shares, num_workers=cfg.workers, collate_fn=collate,
@@ -422,8 +451,11 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
                                      f"{value}); lower --lr")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        _warmup(optimizer, cfg, epoch * len(loader) + step)
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(net.module if hasattr(net, "module") else net)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.update(step, loss=sums["loss"] / step)

@@ -67,6 +67,46 @@ def test_init_fine_tunes_from_another_runs_weights(tiny_data, tmp_path, train_ar
     assert meta["init"]["epoch"] in (0, 1)
 
 
+def test_ema_is_what_is_judged_and_saved_and_resumes(tiny_data, tmp_path, train_argv, student_run):
+    init = str(student_run / "best.pt")
+    # A decay this close to 1 keeps the average at the init's weights while a big rate moves the raw
+    # ones far: best.pt must be the average (what validation judged), last.pt carries both.
+    run = tmp_path / "ema-still"
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "2", "--lr", "0.05", "--init", init,
+                                                   "--ema-decay", "0.9999999")]) == 0
+    start, _ = load_checkpoint(student_run / "best.pt")
+    saved, meta = load_checkpoint(run / "best.pt")
+    assert meta["settings"]["ema_decay"] == 0.9999999
+    for (name, a), (_, b) in zip(start.named_parameters(), saved.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-5), name
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
+    assert int(last["ema"]["n_averaged"]) == 1 + 4  # the init, then 2 steps x 2 epochs
+    moved = [k for k, v in last["model"].items() if v.is_floating_point()
+             and not torch.allclose(v, saved.state_dict()[k], atol=1e-3)]
+    assert moved, "the raw weights should have moved at lr 0.05"
+    # Resuming restores the average: one epoch + one resumed equals two in a row, average included.
+    args = ["--lr", "1e-3", "--init", init, "--ema-decay", "0.5", "--warmup-steps", "3"]
+    whole, split = tmp_path / "ema-whole", tmp_path / "ema-split"
+    assert main(["student", "--plain", *train_argv(tiny_data, whole, "--epochs", "2", *args)]) == 0
+    assert main(["student", "--plain", *train_argv(tiny_data, split, "--epochs", "1", *args)]) == 0
+    assert main(["student", "--plain", *train_argv(tiny_data, split, "--epochs", "2", "--resume", *args)]) == 0
+    a = torch.load(whole / "last.pt", map_location="cpu", weights_only=False)["ema"]
+    b = torch.load(split / "last.pt", map_location="cpu", weights_only=False)["ema"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-5), k
+    # Warm-up: 2 steps per epoch, 3 warm-up steps: epoch 0 ends at 2/3 of the rate, epoch 1 at the rate.
+    lrs = [float(r["lr"]) for r in read_csv(whole / "log.csv")]
+    assert lrs == pytest.approx([1e-3 * 2 / 3, 1e-3])
+
+
+def test_resume_of_a_run_without_ema_under_ema_is_refused(tiny_data, tmp_path, train_argv, capsys):
+    run = tmp_path / "no-ema"
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "1")]) == 0
+    assert main(["student", "--plain", *train_argv(tiny_data, run, "--epochs", "2", "--resume",
+                                                   "--ema-decay", "0.9")]) == 78
+    assert "saved without --ema-decay" in capsys.readouterr().err
+
+
 def test_init_refuses_a_missing_or_foreign_checkpoint(tiny_data, tmp_path, train_argv, capsys):
     assert main(["student", "--plain", *train_argv(tiny_data, tmp_path / "a", "--init", str(tmp_path / "no.pt"))]) == 66
     assert "no.pt: checkpoint not found" in capsys.readouterr().err
