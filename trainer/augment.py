@@ -77,7 +77,8 @@ def photometric_and_flip(rng: np.random.Generator, img: np.ndarray, target: np.n
 # joints, oil) are kept off the labelled crack pixels (dilated by 2 px): a crack under fresh paint is
 # not visible, and a label that says crack where the picture shows paint would teach the opposite.
 
-DISTRACTORS = ("lane_marking", "slab_joint", "road_stud", "oil_stain", "shadow", "gradient", "wet_patch")
+DISTRACTORS = ("lane_marking", "slab_joint", "road_stud", "oil_stain", "shadow", "gradient", "wet_patch",
+               "repair_patch", "tar_spots")
 
 
 def _line_mask(h: int, w: int, rng: np.random.Generator, width: float, offset: float = 0.0,
@@ -199,8 +200,40 @@ def wet_patch(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, bo
     return np.clip(f * (1 - a) + wet * a, 0, 255).astype(np.uint8), False
 
 
+def repair_patch(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A patched area: a four-sided region of lighter or darker, differently grained surface with a
+    sharp seam (CrackForest test 052, the release's worst image, is a patched, weathered surface)."""
+    h, w = img.shape[:2]
+    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    half = rng.uniform(0.2, 0.7, 2) * np.array([w, h])
+    angle = rng.uniform(-0.3, 0.3)  # patches are cut roughly along the road
+    corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float32) * half
+    corners += rng.normal(0, 0.08, (4, 2)) * half  # hand-cut, not a perfect rectangle
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+    poly = (corners @ rot.T + [cx, cy]).astype(np.int32)
+    alpha = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(alpha, [poly], 255, lineType=cv2.LINE_AA)
+    f = img.astype(np.float32)
+    grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))
+    level = f.mean() * (rng.uniform(0.55, 0.85) if rng.random() < 0.6 else rng.uniform(1.15, 1.45))
+    patch = (f - f.mean()) * rng.uniform(0.3, 1.0) + level + grain[..., None] * rng.uniform(4, 15)
+    a = (alpha.astype(np.float32) / 255)[..., None]
+    return np.clip(f * (1 - a) + patch * a, 0, 255).astype(np.uint8), True
+
+
+def tar_spots(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Weathered surface: scattered dark, sharp-edged, irregular spots (bitumen, lost aggregate)."""
+    h, w = img.shape[:2]
+    small = (max(2, h // int(rng.integers(6, 16))), max(2, w // int(rng.integers(6, 16))))
+    noise = cv2.resize(rng.random(small).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    region = _blob_mask(h, w, rng, rng.uniform(0.5, 1.5) * max(h, w))  # where the surface is worn
+    spots = np.clip((noise - rng.uniform(0.72, 0.85)) * 20, 0, 1) * region
+    return _darken(img, spots, rng.uniform(0.2, 0.55)), True
+
+
 _DRAW = {"lane_marking": lane_marking, "slab_joint": slab_joint, "road_stud": road_stud, "oil_stain": oil_stain,
-         "shadow": shadow, "gradient": gradient, "wet_patch": wet_patch}
+         "shadow": shadow, "gradient": gradient, "wet_patch": wet_patch, "repair_patch": repair_patch,
+         "tar_spots": tar_spots}
 
 
 def draw_distractor(kind: str, rng: np.random.Generator, img: np.ndarray, crack: np.ndarray | None = None) -> np.ndarray:

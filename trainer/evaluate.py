@@ -119,7 +119,8 @@ def far_from_crack(pairs: Sequence[Pair], probs: dict[str, np.ndarray], threshol
 def crack_free_synthetic(predict, spec: InputSpec, mode: str, size: tuple[int, int], threshold: float,
                          frames: int, seed: int = 0, frame_size: tuple[int, int] = SYNTHETIC_SIZE) -> dict[str, Any]:
     """False alarms on synthetic crack-free road (trainer.augment.synthetic_road), one distractor kind per
-    frame in turn (lane marking, slab joint, stud, oil, shadow, gradient, wet patch): pixels flagged and
+    frame in turn (``trainer.augment.DISTRACTORS``: markings, joints, studs, oil, shadow, gradient, wet, repair
+    patches, tar spots): pixels flagged and
     frames with a flagged region of at least MIN_COMPONENT_PX (what the daemon would report)."""
     from trainer.augment import DISTRACTORS, synthetic_road
 

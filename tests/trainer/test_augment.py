@@ -1,6 +1,7 @@
 """Road distractors: drawn into the picture, never into the label; the crack-free synthetic road."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -25,7 +26,7 @@ def test_each_distractor_changes_the_picture_reproducibly_and_keeps_its_shape(ki
     assert changed.mean() > 0.002, f"{kind} drew (almost) nothing"
 
 
-@pytest.mark.parametrize("kind", ["lane_marking", "slab_joint", "road_stud", "oil_stain"])
+@pytest.mark.parametrize("kind", ["lane_marking", "slab_joint", "road_stud", "oil_stain", "repair_patch", "tar_spots"])
 def test_opaque_distractors_leave_the_labelled_crack_visible(kind):
     img, crack = _road(1)
     for seed in range(6):
@@ -79,3 +80,13 @@ def test_crop_dataset_draws_distractors_with_the_label_unchanged(tiny_data):
         assert a["target"].sum() == b["target"].sum()
         differ += not np.allclose(a["image"], b["image"])
     assert differ >= 12
+
+
+def test_a_repair_patch_is_one_region_of_another_level():
+    img = np.full((96, 128, 3), 120, np.uint8)
+    for seed in range(8):
+        out = augment.repair_patch(np.random.default_rng(seed), img)[0].astype(np.float32).mean(axis=2)
+        inside = np.abs(cv2.GaussianBlur(out, (0, 0), 3) - 120) > 6
+        n, _ = cv2.connectedComponents(inside.astype(np.uint8))
+        assert inside.mean() > 0.03 and n - 1 == 1, f"seed {seed}: not one patch"
+        assert abs(np.median(out[inside]) - 120) > 12, f"seed {seed}: the patch is not another level"

@@ -200,7 +200,7 @@ def test_eval_on_several_sets_picks_one_threshold_by_their_mean_and_counts_false
     b = make_dataset(tmp_path / "b" / "valid", n=3, seed=5).parent
     out = tmp_path / "ev"
     assert main(["eval", "--model", str(model), "--data", str(a), str(b), "--split", "val", "--val-fraction", "0.34",
-                 "--mode", "native", "--pick-threshold", "--write-card", "--crack-free", "7", "--out", str(out)]) == 0
+                 "--mode", "native", "--pick-threshold", "--write-card", "--crack-free", "9", "--out", str(out)]) == 0
     combined = json.loads((out / "report.json").read_text())
     per = {n: json.loads((out / n / "report.json").read_text()) for n in ("a", "b")}
     assert combined["sets"]["a"]["images"] == 1 and combined["sets"]["b"]["images"] == 3
@@ -216,5 +216,5 @@ def test_eval_on_several_sets_picks_one_threshold_by_their_mean_and_counts_false
     far = per["a"]["false_positives"]["far_from_crack"]
     assert far["pixels"] > 0 and 0.0 <= far["rate"] <= 1.0 and far["flagged"] == round(far["rate"] * far["pixels"])
     syn = combined["false_positives"]["synthetic_crack_free"]
-    assert syn["frames"] == 7 and set(syn["by_kind"]) == set(__import__("trainer.augment").augment.DISTRACTORS)
+    assert syn["frames"] == 9 and set(syn["by_kind"]) == set(__import__("trainer.augment").augment.DISTRACTORS)
     assert 0.0 <= syn["pixel_rate"] <= 1.0 and 0.0 <= syn["frame_rate"] <= 1.0
