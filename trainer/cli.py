@@ -320,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worst", type=int, default=4, help="overlay images written for the N worst images")
     p.add_argument("--figure-rows", type=int, default=4, help="rows of photo | ground truth | prediction in figure.png")
     p.add_argument("--crack-free", type=int, default=0, metavar="N",
-                   help="also judge N synthetic crack-free road frames with distractors (false alarms; 0 = skip)")
+                   help=("also judge N synthetic crack-free road frames with distractors, one kind per frame in "
+                         "turn (false alarms; 0 = skip; a multiple of the nine kinds, e.g. 90, weighs them equally)"))
     p.add_argument("--device", default="auto", help="for checkpoints: auto, cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads of the runtime")
     p.set_defaults(func=cmd_eval)
