@@ -217,8 +217,7 @@ def repair_patch(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray,
     grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), rng.uniform(0.5, 2.0))
     level = f.mean() * (rng.uniform(0.55, 0.85) if rng.random() < 0.6 else rng.uniform(1.15, 1.45))
     patch = (f - f.mean()) * rng.uniform(0.3, 1.0) + level + grain[..., None] * rng.uniform(4, 15)
-    a = (alpha.astype(np.float32) / 255)[..., None]
-    return np.clip(f * (1 - a) + patch * a, 0, 255).astype(np.uint8), True
+    return _blend(img, patch, alpha.astype(np.float32) / 255), True
 
 
 def tar_spots(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, bool]:

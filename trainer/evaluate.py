@@ -120,8 +120,8 @@ def crack_free_synthetic(predict, spec: InputSpec, mode: str, size: tuple[int, i
                          frames: int, seed: int = 0, frame_size: tuple[int, int] = SYNTHETIC_SIZE) -> dict[str, Any]:
     """False alarms on synthetic crack-free road (trainer.augment.synthetic_road), one distractor kind per
     frame in turn (``trainer.augment.DISTRACTORS``: markings, joints, studs, oil, shadow, gradient, wet, repair
-    patches, tar spots): pixels flagged and
-    frames with a flagged region of at least MIN_COMPONENT_PX (what the daemon would report)."""
+    patches, tar spots): pixels flagged and frames with a flagged region of at least MIN_COMPONENT_PX (what
+    the daemon would report)."""
     from trainer.augment import DISTRACTORS, synthetic_road
 
     pre = Preprocessor(spec, frame_size_for(mode, size), max_side=native_max_side(spec)[0])

@@ -326,8 +326,10 @@ def fit(net: nn.Module, train_set, loss_fn: nn.Module, validate: Callable[[nn.Mo
                 train_set.set_epoch(epoch)
                 if world.distributed:  # dropout masks (the teacher's) differ per rank, reproducibly per epoch
                     torch.manual_seed(hash((cfg.seed, epoch, world.rank)) % 2**63)
+                # The average follows the plain module: DDP's parameters are the same tensors.
+                after_step = (lambda: ema.update_parameters(net)) if ema is not None else None
                 terms = _train_epoch(train_net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype,
-                                     epoch, stop, ema)
+                                     epoch, stop, after_step)
                 # Rank 0 validates; every rank steps its scheduler and early stop on the same figures.
                 judged = ema.module if ema is not None else net
                 val = distributed.on_main(validate, judged)
@@ -426,7 +428,7 @@ def _warmup(optimizer: torch.optim.Optimizer, cfg: TrainSettings, step: int) -> 
 
 
 def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_amp, amp_dtype, epoch,
-                 stop: StopOnSignal, ema=None) -> dict[str, float]:
+                 stop: StopOnSignal, after_step: Callable[[], None] | None = None) -> dict[str, float]:
     world = distributed.current()
     shares = StepShares(len(train_set), cfg.batch_size, world.rank, world.size)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=shares, num_workers=cfg.workers, collate_fn=collate,
@@ -454,8 +456,8 @@ def _train_epoch(net, train_set, loss_fn, optimizer, scaler, cfg, device, use_am
         _warmup(optimizer, cfg, epoch * len(loader) + step)
         scaler.step(optimizer)
         scaler.update()
-        if ema is not None:
-            ema.update_parameters(net.module if hasattr(net, "module") else net)
+        if after_step is not None:
+            after_step()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.update(step, loss=sums["loss"] / step)
