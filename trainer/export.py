@@ -130,8 +130,8 @@ def export(checkpoint: str | Path, out: str | Path, threshold: float | None = No
                     recipe={k: settings[k] for k in ("optimizer", "lr", "batch_size", "crop", "samples_per_epoch",
                                                      "scale_min", "scale_max", "max_aspect", "dilate_kernel",
                                                      "dilate_iterations", "augment", "distractor_prob", "epochs", "val_sets",
-                                                     "val_max_images", "val_size", "warmup_steps", "ema_decay",
-                                                     "init") if k in settings})
+                                                     "val_max_images", "val_size", "warmup_steps", "ema_decay")
+                            if k in settings})  # the start checkpoint: training.init (path, sha256, epoch)
     card = ModelCard(name=name or out.stem, arch=meta["arch"], input_size=size, threshold=threshold,
                      params=prof["params"], gflops=prof["gflops"], training=training,
                      parity_max_abs_diff=diff, opset=OPSET)  # the rest: the variant's defaults
